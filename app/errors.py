@@ -1,0 +1,110 @@
+"""Broker errors and their RFC 9457 problem+json rendering.
+
+Every failure the broker reports is a `BrokerError` with a stable `code`; the HTTP status and
+title follow from the code, so the table below is the single place they are defined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Literal
+
+import orjson
+
+ErrorCode = Literal[
+    "invalid_json",
+    "auth_failed",
+    "not_found",
+    "expired",
+    "lease_not_found",
+    "route_not_found",
+    "method_not_allowed",
+    "pool_exhausted",
+    "not_an_integer",
+    "precondition_failed",
+    "too_large",
+    "unsupported_encoding",
+    "ttl_required",
+    "invalid_ttl",
+    "invalid_key",
+    "validation_error",
+    "draining",
+    "max_items",
+    "max_leases",
+    "internal_error",
+]
+
+# code -> (status, title)
+ERRORS: Final[Mapping[str, tuple[int, str]]] = {
+    "invalid_json": (400, "Invalid JSON"),
+    "auth_failed": (401, "Authentication failed"),
+    "not_found": (404, "Key not found"),
+    "expired": (404, "Key expired"),
+    "lease_not_found": (404, "Lease not found"),
+    "route_not_found": (404, "No such endpoint"),
+    "method_not_allowed": (405, "Method not allowed"),
+    "pool_exhausted": (409, "Pool exhausted"),
+    "not_an_integer": (409, "Value is not an integer"),
+    "precondition_failed": (412, "Precondition failed"),
+    "too_large": (413, "Too large"),
+    "unsupported_encoding": (415, "Unsupported Content-Encoding"),
+    "ttl_required": (422, "TTL required"),
+    "invalid_ttl": (422, "Invalid TTL"),
+    "invalid_key": (422, "Invalid key"),
+    "validation_error": (422, "Validation error"),
+    "draining": (503, "Broker is draining"),
+    "max_items": (507, "Store is full"),
+    "max_leases": (507, "Lease table is full"),
+    "internal_error": (500, "Internal error"),
+}
+
+PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
+RETRY_AFTER_SECONDS: Final = "1"
+
+
+class BrokerError(Exception):
+    """A failure with a stable code; raised by the store and the request layer alike."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        detail: str,
+        *,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.code: ErrorCode = code
+        self.status, self.title = ERRORS[code]
+        self.detail = detail
+        self.errors = list(errors) if errors is not None else None
+        self.headers = dict(headers) if headers is not None else {}
+        if code == "draining":
+            self.headers.setdefault("Retry-After", RETRY_AFTER_SECONDS)
+
+
+def problem_body(
+    code: str,
+    detail: str,
+    request_id: str,
+    errors: Sequence[Mapping[str, Any]] | None = None,
+) -> bytes:
+    status, title = ERRORS[code]
+    body: dict[str, Any] = {
+        "type": f"urn:ephemeral-broker:error:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "request_id": request_id,
+    }
+    if errors is not None:
+        body["errors"] = list(errors)
+    # default=str: an error entry may carry a non-JSON object (a pydantic ctx); never fail here.
+    return orjson.dumps(body, default=str)
+
+
+def quote_name(name: str, limit: int = 80) -> str:
+    """A key or pool name as it appears in an error sentence: quoted, shortened, escapes visible."""
+    shown = name if len(name) <= limit else name[:limit] + "…"
+    return repr(shown)

@@ -1,0 +1,173 @@
+"""Shared fixtures: a fake clock, the app in-process over ASGI, and real brokers in subprocesses.
+
+Every process a test starts is ended by its pid in the fixture's teardown, and every socket
+lives in a short private temp dir that is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.clock import FakeClock
+from app.main import create_app
+from app.settings import BrokerSettings
+
+BIN_DIR = Path(sys.executable).parent
+BROKER_EXE = str(BIN_DIR / "ephemeral-broker")
+START_TIMEOUT_SECONDS = 20.0
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's BROKER_* or EPHEMERAL_* variables never leak into a test."""
+    for name in list(os.environ):
+        if name.startswith("BROKER_") or name in ("EPHEMERAL_PIPE", "EPHEMERAL_SECRET"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+AppFactory = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
+
+
+@pytest.fixture
+def make_api(clock: FakeClock) -> AppFactory:
+    """`async with make_api(max_items=3) as api:` — the app in-process on the fake clock."""
+
+    @contextlib.asynccontextmanager
+    async def factory(**settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+        app = create_app(BrokerSettings(**settings), clock=clock)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            yield client
+
+    return factory
+
+
+@pytest.fixture
+async def api(make_api: AppFactory) -> AsyncIterator[httpx.AsyncClient]:
+    async with make_api() as client:
+        yield client
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A private temp dir with a short path (Unix socket paths are limited to 107 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="eb-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class BrokerProcess:
+    proc: subprocess.Popen[str]
+    socket: Path
+    stderr_path: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return uds_client(self.socket, **kwargs)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal the broker (by its pid) and return its exit code."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+        return self.proc.wait(timeout=timeout)
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+
+def uds_client(socket_path: Path | str, **kwargs: Any) -> httpx.Client:
+    transport = httpx.HTTPTransport(uds=str(socket_path))
+    return httpx.Client(transport=transport, base_url="http://localhost", **kwargs)
+
+
+def read_first_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise TimeoutError(f"no stdout line within {timeout} s")
+    return proc.stdout.readline()
+
+
+BrokerFactory = Callable[..., BrokerProcess]
+
+
+@pytest.fixture
+def start_broker(short_tmp: Path) -> Iterator[BrokerFactory]:
+    """Start `ephemeral-broker serve` in a subprocess; waits for its EPHEMERAL_PIPE line."""
+    started: list[BrokerProcess] = []
+
+    def factory(
+        *flags: str, socket: Path | None = None, env: dict[str, str] | None = None
+    ) -> BrokerProcess:
+        path = socket or short_tmp / f"b{len(started)}.sock"
+        stderr_path = short_tmp / f"b{len(started)}.stderr"
+        args = [BROKER_EXE, "serve", "--socket", str(path), *flags]
+        with stderr_path.open("w") as stderr:
+            proc = subprocess.Popen(
+                args,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env={**os.environ, **(env or {})},
+            )
+        broker = BrokerProcess(proc, path, stderr_path, args)
+        started.append(broker)
+        try:
+            line = read_first_line(proc, START_TIMEOUT_SECONDS)
+        except TimeoutError:
+            raise AssertionError(f"broker did not start: {broker.stderr()}") from None
+        assert line == f"EPHEMERAL_PIPE={path}\n", (line, broker.stderr())
+        return broker
+
+    yield factory
+    for broker in started:
+        if broker.proc.poll() is None:
+            os.kill(broker.proc.pid, signal.SIGKILL)
+            broker.proc.wait(timeout=10)
+        if broker.proc.stdout is not None:
+            broker.proc.stdout.close()
+
+
+@pytest.fixture
+def broker(start_broker: BrokerFactory) -> BrokerProcess:
+    return start_broker()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll a condition that a real process makes true; fails with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(0.01)
