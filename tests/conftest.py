@@ -27,6 +27,8 @@ from app.clock import FakeClock
 from app.main import create_app
 from app.settings import BrokerSettings
 
+pytest_plugins = ["pytester"]
+
 BIN_DIR = Path(sys.executable).parent
 BROKER_EXE = str(BIN_DIR / "ephemeral-broker")
 START_TIMEOUT_SECONDS = 20.0

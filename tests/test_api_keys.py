@@ -213,7 +213,7 @@ async def test_gzip_and_deflate_request_bodies_are_decoded(api: httpx.AsyncClien
     assert (await api.get("/v1/keys/df")).json()["value"] == "y" * 3000
 
 
-async def test_request_id_is_echoed_when_valid_and_replaced_when_not(
+async def test_defect_27_request_id_is_echoed_when_valid_and_replaced_when_not(
     api: httpx.AsyncClient,
 ) -> None:
     """Seed defect #27: the Node broker generated correlation ids but never returned them."""
