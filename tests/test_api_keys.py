@@ -225,3 +225,30 @@ async def test_defect_27_request_id_is_echoed_when_valid_and_replaced_when_not(
         assert new_id != bad and 1 <= len(new_id) <= 128
     generated = {(await api.get("/v1/ping")).headers["x-request-id"] for _ in range(20)}
     assert len(generated) == 20
+
+
+async def test_defect_10_a_put_serialises_the_value_exactly_once(
+    api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed defect #10: objects were serialised once to check their size and again to store.
+    The keys route encodes the value once; the store sizes, compresses and keeps those bytes."""
+    from app.api import keys as keys_module
+
+    calls: list[object] = []
+    real = orjson.dumps
+
+    class CountingOrjson:
+        JSONDecodeError = orjson.JSONDecodeError
+
+        @staticmethod
+        def dumps(value: Any, *args: Any, **kwargs: Any) -> bytes:
+            calls.append(value)
+            return real(value, *args, **kwargs)
+
+        loads = staticmethod(orjson.loads)
+
+    monkeypatch.setattr(keys_module, "orjson", CountingOrjson)
+    value = {"rows": [{"id": i, "name": f"row {i}"} for i in range(2000)]}
+    response = await put(api, "big", value)
+    assert response.status_code == 201
+    assert [c for c in calls if c == value] == [value]
