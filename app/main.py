@@ -14,19 +14,33 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from app import __version__
-from app.api import keys, system
+from app.api import keys, leases, system
 from app.clock import Clock, SystemClock
 from app.errors import PROBLEM_CONTENT_TYPE, BrokerError, problem_body
 from app.logs import logger
 from app.metrics import BrokerMetrics
 from app.middleware import BodyLimitMiddleware, BrokerMiddleware
 from app.runtime import Runtime
-from app.schemas import IncrRequest, ProblemDetail, SetKeyRequest, TouchRequest
+from app.schemas import (
+    AcquireLeaseRequest,
+    IncrRequest,
+    ProblemDetail,
+    RenewLeaseRequest,
+    SetKeyRequest,
+    TouchRequest,
+)
 from app.settings import BrokerSettings
 from app.store import MemoryStore, Store, StoreLimits
 
 # Models routes parse themselves (see app/api/body.py): added to the OpenAPI components.
-_BODY_MODELS = (SetKeyRequest, IncrRequest, TouchRequest, ProblemDetail)
+_BODY_MODELS = (
+    SetKeyRequest,
+    IncrRequest,
+    TouchRequest,
+    AcquireLeaseRequest,
+    RenewLeaseRequest,
+    ProblemDetail,
+)
 
 
 def problem_response(request: Request, error: BrokerError) -> Response:
@@ -136,6 +150,7 @@ def create_app(
     app.state.runtime = runtime
     app.state.metrics = metrics
     app.include_router(keys.router)
+    app.include_router(leases.router)
     app.include_router(system.router)
     app.add_exception_handler(BrokerError, _on_broker_error)
     app.add_exception_handler(RequestValidationError, _on_request_validation)

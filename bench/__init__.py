@@ -1,0 +1,1 @@
+"""Benchmarks of ephemeral-broker (`python -m bench`); `bench.leases` measures lease grants."""
