@@ -150,6 +150,7 @@ async def test_waiting_get_wakes_on_the_write(api: httpx.AsyncClient) -> None:
 async def test_waiting_get_on_a_missing_key_ends_404(api: httpx.AsyncClient) -> None:
     response = await api.get("/v1/keys/never", params={"wait_ms": 25})
     assert response.status_code == 404 and response.json()["code"] == "not_found"
+    assert response.json()["detail"] == "key 'never' was not written within wait_ms of 25 ms"
 
 
 async def test_after_version_304_then_200(api: httpx.AsyncClient) -> None:
@@ -237,3 +238,23 @@ async def test_waits_end_503_draining_when_shutdown_begins(clock: FakeClock) -> 
         assert store.waiting_reads == 0 and store.leases.waiting == 0
         # The lease wait left nothing behind: the holder is still the only lease.
         assert [x.worker_id for x in (await store.list_pool("p")).leases] == ["holder"]
+
+
+async def test_recipe_barrier_from_incr_and_waiting_reads(api: httpx.AsyncClient) -> None:
+    """The README's barrier: nobody passes before the last of N workers has arrived."""
+    parties = 5
+    events: list[str] = []
+
+    async def worker(name: str, delay_s: float) -> int:
+        await asyncio.sleep(delay_s)
+        events.append(f"arrive {name}")
+        arrived = await api.post("/v1/keys/barrier:setup:arrived/incr", json={"ttl_ms": 600000})
+        if arrived.json()["value"] == parties:
+            await api.put("/v1/keys/barrier:setup:open", json={"value": True, "ttl_ms": 600000})
+        opened = await api.get("/v1/keys/barrier:setup:open", params={"wait_ms": 60000})
+        events.append(f"pass {name}")
+        return opened.status_code
+
+    statuses = await asyncio.gather(*(worker(f"w{n}", n * 0.01) for n in range(parties)))
+    assert statuses == [200] * parties
+    assert [e.split()[0] for e in events] == ["arrive"] * parties + ["pass"] * parties

@@ -179,6 +179,10 @@ async def get_key(
         item = await store.get(key)
     if item is None:
         set_result(request, "miss")
+        if wait_ms:
+            raise BrokerError(
+                "not_found", f"key {quote_name(key)} was not written within wait_ms of {wait_ms} ms"
+            )
         raise not_found(key)
     headers = {"ETag": etag(item.version)}
     if after_version is not None and item.version <= after_version:
