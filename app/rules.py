@@ -78,10 +78,15 @@ MAX_POOL_SIZE: Final = 1_000_000
 MAX_WAIT_MS: Final = 300_000
 
 
-def check_wait_ms(wait_ms: int, subject: str) -> None:
-    """Raise `validation_error` unless `wait_ms` is an integer in 0..MAX_WAIT_MS."""
-    if isinstance(wait_ms, bool) or not isinstance(wait_ms, int) or not 0 <= wait_ms <= MAX_WAIT_MS:
+def check_wait_ms(wait_ms: int, what: str, name: str) -> None:
+    """Raise `validation_error` unless `wait_ms` is an integer in 0..MAX_WAIT_MS.
+
+    `what` and `name` make the sentence ("the lease in pool", "accounts"); it is only built
+    when the check fails.
+    """
+    if type(wait_ms) is not int or not 0 <= wait_ms <= MAX_WAIT_MS:
         raise BrokerError(
             "validation_error",
-            f"wait_ms of {subject} is {wait_ms!r}; it must be an integer from 0 to {MAX_WAIT_MS}",
+            f"wait_ms of {what} {quote_name(name)} is {wait_ms!r}; it must be an integer from 0 "
+            f"to {MAX_WAIT_MS}",
         )

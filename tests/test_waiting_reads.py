@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from app.clock import FakeClock
+from app.errors import BrokerError
 from app.main import create_app
 from app.settings import BrokerSettings
 from app.store import MemoryStore, StoreLimits
@@ -125,6 +126,13 @@ async def test_cancelled_wait_leaves_no_watch(store: MemoryStore) -> None:
     assert store.waiting_reads == 0 and not store._watchers
 
 
+@pytest.mark.parametrize("wait_ms", [-1, 300_001, True])
+async def test_store_refuses_a_bad_wait(store: MemoryStore, wait_ms: int) -> None:
+    with pytest.raises(BrokerError) as caught:
+        await store.wait_for("k", wait_ms)
+    assert caught.value.code == "validation_error" and "'k'" in caught.value.detail
+
+
 # ---- the API ----------------------------------------------------------------------------------
 
 
@@ -150,7 +158,9 @@ async def test_waiting_get_wakes_on_the_write(api: httpx.AsyncClient) -> None:
 async def test_waiting_get_on_a_missing_key_ends_404(api: httpx.AsyncClient) -> None:
     response = await api.get("/v1/keys/never", params={"wait_ms": 25})
     assert response.status_code == 404 and response.json()["code"] == "not_found"
-    assert response.json()["detail"] == "key 'never' was not written within wait_ms of 25 ms"
+    assert response.json()["detail"] == (
+        "key 'never' does not exist or has expired (waited wait_ms of 25 ms for it)"
+    )
 
 
 async def test_after_version_304_then_200(api: httpx.AsyncClient) -> None:

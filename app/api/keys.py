@@ -181,7 +181,9 @@ async def get_key(
         set_result(request, "miss")
         if wait_ms:
             raise BrokerError(
-                "not_found", f"key {quote_name(key)} was not written within wait_ms of {wait_ms} ms"
+                "not_found",
+                f"key {quote_name(key)} does not exist or has expired (waited wait_ms of "
+                f"{wait_ms} ms for it)",
             )
         raise not_found(key)
     headers = {"ETag": etag(item.version)}

@@ -155,7 +155,7 @@ class LeaseTable:
                 f"size of the lease in pool {quote_name(pool_name)} is {size!r}; it must be an "
                 f"integer from 1 to {MAX_POOL_SIZE}",
             )
-        check_wait_ms(wait_ms, f"the lease in pool {quote_name(pool_name)}")
+        check_wait_ms(wait_ms, "the lease in pool", pool_name)
         now = self.clock.now_ms()
         self.reclaim(now)
         pool = self._pools.get(pool_name)

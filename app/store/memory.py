@@ -277,7 +277,7 @@ class MemoryStore:
         self, key: str, wait_ms: int, after_version: int | None = None
     ) -> Item | None:
         check_name(key, self.limits.max_key_length)
-        check_wait_ms(wait_ms, f"the read of key {quote_name(key)}")
+        check_wait_ms(wait_ms, "the read of key", key)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_ms / 1000
         while True:
