@@ -1,1 +1,1 @@
-"""Benchmark harness for ephemeral-broker (`python -m bench`)."""
+"""Benchmark harness for ephemeral-broker: `python -m bench`; `bench.leases` times lease grants."""
