@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from app import __version__
-from bench import http_bench, memory_bench, store_bench
+from bench import http_bench, leases, memory_bench, store_bench
 from bench.harness import Progress, start_baseline, start_broker
 
 
@@ -34,10 +34,20 @@ class Sizes:
     store_ops: int
     sweep_keys: int
     memory_keys: int
+    lease_holders: int
+    lease_samples: int
 
 
-FULL = Sizes(5000, 20_000, 1_000, 100_000, 3000, 1_000, 1_000_000, 20_000, 1_000_000, 100_000)
-QUICK = Sizes(300, 1_500, 1_000, 10_000, 300, 1_000, 100_000, 5_000, 100_000, 3_000)
+FULL = Sizes(
+    sequential_ops=5000, concurrent_ops=20_000, growth_small=1_000, growth_large=100_000,
+    growth_ops=3000, store_small=1_000, store_large=1_000_000, store_ops=20_000,
+    sweep_keys=1_000_000, memory_keys=100_000, lease_holders=100_000, lease_samples=5001,
+)  # fmt: skip
+QUICK = Sizes(
+    sequential_ops=300, concurrent_ops=1_500, growth_small=1_000, growth_large=10_000,
+    growth_ops=300, store_small=1_000, store_large=100_000, store_ops=5_000,
+    sweep_keys=100_000, memory_keys=3_000, lease_holders=10_000, lease_samples=1001,
+)  # fmt: skip
 CONCURRENCY = (1, 4, 16)
 
 # Every result has these keys; the test suite checks a --quick run against them.
@@ -49,6 +59,7 @@ REQUIRED: dict[str, Any] = {
     "growth_http": ["small_keys", "large_keys", "small", "large", "set_cpu_ratio", "get_cpu_ratio"],
     "growth_store": ["small_keys", "large_keys", "small", "large", "set_ratio", "get_ratio"],
     "sweep": ["keys", "due", "sweep_ms", "per_expired_us", "nothing_due_us"],
+    "leases": ["small_holders", "large_holders", "small_grant_us", "large_grant_us", "ratio"],
     "memory": list(memory_bench.SCENARIOS),
 }
 OP_FIELDS = ["broker_cpu_us", "client_cpu_us", "ops_per_s", "p50_us", "p95_us", "p99_us"]
@@ -67,7 +78,7 @@ def missing_fields(results: dict[str, Any]) -> list[str]:
 
 def run(sizes: Sizes, quick: bool) -> dict[str, Any]:
     ops = http_bench.OPERATIONS
-    steps = 2 * len(ops) + len(ops) * len(CONCURRENCY) + 2 + 2 + 2 + 1 + len(memory_bench.SCENARIOS)
+    steps = 2 * len(ops) + len(ops) * len(CONCURRENCY) + 2 + 2 + 2 + 2 + len(memory_bench.SCENARIOS)
     progress = Progress(steps)
     results: dict[str, Any] = {
         "meta": {
@@ -138,6 +149,16 @@ def run(sizes: Sizes, quick: bool) -> dict[str, Any]:
     progress.step(f"sweep of {sizes.sweep_keys} keys, 1 % due")
     results["sweep"] = store_bench.sweep_cost(sizes.sweep_keys)
 
+    progress.step(f"lease grant with {leases.SMALL_POOL} and {sizes.lease_holders} holders")
+    grants = leases.compare(leases.SMALL_POOL, sizes.lease_holders, sizes.lease_samples)
+    results["leases"] = {
+        "small_holders": grants.small.holders,
+        "large_holders": grants.large.holders,
+        "small_grant_us": round(grants.small.grant_ns / 1000, 3),
+        "large_grant_us": round(grants.large.grant_ns / 1000, 3),
+        "ratio": round(grants.ratio, 2),
+    }
+
     results["memory"] = {}
     for scenario in memory_bench.SCENARIOS:
         progress.step(f"memory: {scenario} x {sizes.memory_keys}")
@@ -196,6 +217,9 @@ def render(results: dict[str, Any]) -> str:
         f"get {st['small']['get_us']:.2f} -> {st['large']['get_us']:.2f} ({st['get_ratio']}x)",
         f"Sweep: {sw['due']} due of {sw['keys']} keys in {sw['sweep_ms']} ms "
         f"({sw['per_expired_us']} µs per expired key); nothing due: {sw['nothing_due_us']} µs",
+        f"Lease grant in the store: {results['leases']['small_grant_us']} µs with "
+        f"{results['leases']['small_holders']} holders, {results['leases']['large_grant_us']} µs "
+        f"with {results['leases']['large_holders']} ({results['leases']['ratio']}x)",
         "",
         "Memory: RSS growth per live key",
     ]

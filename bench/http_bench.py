@@ -16,7 +16,8 @@ from bench.harness import Latencies, ServerProcess
 VALUE_100B = "v" * 98  # 100 bytes of canonical JSON with its quotes
 SET_BODY = b'{"value":"' + VALUE_100B.encode() + b'","ttl_ms":600000}'
 INCR_BODY = b'{"ttl_ms":600000}'
-OPERATIONS = ("set", "get_hit", "get_miss", "delete", "incr", "ping")
+# lease_release is one operation of two requests: acquire a slot, then release it.
+OPERATIONS = ("set", "get_hit", "get_miss", "delete", "incr", "lease_release", "ping")
 
 SyncOp = Callable[[int], Any]
 AsyncOp = Callable[[int], Awaitable[Any]]
@@ -31,25 +32,39 @@ def prepare(client: httpx.Client, operation: str, count: int) -> None:
             client.put(f"/v1/keys/del{i}", content=SET_BODY).raise_for_status()
 
 
+def _lease_body(i: int) -> bytes:
+    return orjson.dumps({"worker_id": f"w{i}", "ttl_ms": 60_000})
+
+
 def sync_op(client: httpx.Client, operation: str) -> SyncOp:
+    def lease_release(i: int) -> None:
+        client.post("/v1/leases/bench", content=_lease_body(i)).raise_for_status()
+        client.delete(f"/v1/leases/bench/w{i}").raise_for_status()
+
     ops: dict[str, SyncOp] = {
         "set": lambda i: client.put(f"/v1/keys/set{i}", content=SET_BODY),
         "get_hit": lambda i: client.get("/v1/keys/hit"),
         "get_miss": lambda i: client.get("/v1/keys/missing"),
         "delete": lambda i: client.delete(f"/v1/keys/del{i}"),
         "incr": lambda i: client.post("/v1/keys/counter/incr", content=INCR_BODY),
+        "lease_release": lease_release,
         "ping": lambda i: client.get("/v1/ping"),
     }
     return ops[operation]
 
 
 def async_op(client: httpx.AsyncClient, operation: str) -> AsyncOp:
+    async def lease_release(i: int) -> None:
+        (await client.post("/v1/leases/abench", content=_lease_body(i))).raise_for_status()
+        (await client.delete(f"/v1/leases/abench/w{i}")).raise_for_status()
+
     ops: dict[str, AsyncOp] = {
         "set": lambda i: client.put(f"/v1/keys/aset{i}", content=SET_BODY),
         "get_hit": lambda i: client.get("/v1/keys/hit"),
         "get_miss": lambda i: client.get("/v1/keys/missing"),
         "delete": lambda i: client.delete(f"/v1/keys/adel{i}"),
         "incr": lambda i: client.post("/v1/keys/counter/incr", content=INCR_BODY),
+        "lease_release": lease_release,
         "ping": lambda i: client.get("/v1/ping"),
     }
     return ops[operation]
