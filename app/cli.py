@@ -102,8 +102,7 @@ def settings_from_args(args: argparse.Namespace) -> BrokerSettings:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.logs import configure_logging
-    from app.main import create_app
-    from app.server import StartupError, run_in_new_loop, serve
+    from app.server import StartupError, bind_socket, run_in_new_loop, serve
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -113,10 +112,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"EPHEMERAL_PIPE={path}", flush=True)
 
     try:
-        return run_in_new_loop(serve(settings, create_app(settings), on_ready=announce))
+        # The socket first: a path that is taken or wrong is reported before the app stack is
+        # even imported, and from here on a client's connection waits in the backlog.
+        bound = bind_socket(settings)
     except StartupError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        from app.lifecycle import lifecycle_tasks
+        from app.main import create_app
+
+        app = create_app(settings, background=lifecycle_tasks(settings))
+    except BaseException:
+        bound.cleanup()
+        raise
+    return run_in_new_loop(serve(settings, app, on_ready=announce, bound=bound))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_settings_arguments(serve)
     serve.set_defaults(handler=cmd_serve)
+    from app.runner import add_run_command
+
+    add_run_command(commands)
     return parser
 
 

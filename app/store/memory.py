@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import zlib
+from collections.abc import Callable
 from typing import Final
 
 import orjson
@@ -76,9 +77,17 @@ def _matches(condition: VersionMatch, version: int | None) -> bool:
 
 
 class MemoryStore:
-    def __init__(self, limits: StoreLimits, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        limits: StoreLimits,
+        clock: Clock | None = None,
+        *,
+        on_items_changed: Callable[[int], None] | None = None,
+    ) -> None:
         self.limits = limits
         self.clock: Clock = clock or SystemClock()
+        # Told the new key count whenever it changes (capacity warnings live in the observer).
+        self._on_items_changed = on_items_changed
         self._items: dict[str, _Entry] = {}
         self._index = SortedKeys()
         self._heap: list[tuple[int, str]] = []
@@ -104,6 +113,8 @@ class MemoryStore:
         del self._items[key]
         self._index.remove(key)
         self._stored_bytes -= self._footprint(key, entry)
+        if self._on_items_changed is not None:
+            self._on_items_changed(len(self._items))
 
     @staticmethod
     def _footprint(key: str, entry: _Entry) -> int:
@@ -182,6 +193,8 @@ class MemoryStore:
             self._index.add(key)
             self._stored_bytes += self._footprint(key, entry)
             self._push(key, entry)
+            if self._on_items_changed is not None:
+                self._on_items_changed(len(self._items))
             return entry, True
         self._stored_bytes -= self._footprint(key, entry)
         entry.data = data
