@@ -28,7 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.clock import Clock
 from app.errors import BrokerError
-from app.middleware import PROBE_PATHS, send_problem
+from app.logs import logger
+from app.middleware import PROBE_PATHS, request_id_of, send_problem
 from app.signing import MAX_SKEW_MS, SIGNATURE_HEADER, TIMESTAMP_HEADER, body_digest, verify
 
 _SIGNATURE: Final = re.compile(rb"[0-9A-Fa-f]{64}")
@@ -170,6 +171,11 @@ class AuthMiddleware:
 
     @staticmethod
     async def _refuse(scope: Scope, send: Send, detail: str, *, body_unread: bool) -> None:
+        # The detail names the failed check, never what was sent: safe to log.
+        logger.debug(
+            "request refused: auth_failed",
+            extra={"fields": {"request_id": request_id_of(scope), "detail": detail}},
+        )
         headers = dict(_CHALLENGE)
         if body_unread:
             # Whatever the client still sends is not worth reading: close after answering.
