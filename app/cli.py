@@ -101,8 +101,10 @@ def settings_from_args(args: argparse.Namespace) -> BrokerSettings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from app.lifecycle import lifecycle_tasks
     from app.logs import configure_logging
-    from app.server import StartupError, bind_socket, run_in_new_loop, serve
+    from app.main import create_app
+    from app.server import StartupError, run_in_new_loop, serve
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -111,22 +113,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The first stdout line, once the broker answers: scripts read it to find the socket.
         print(f"EPHEMERAL_PIPE={path}", flush=True)
 
+    # The app is built before the socket is bound: serve() binds it only once its signal
+    # handling is in place, so no signal can leave a socket file or directory behind.
+    app = create_app(settings, background=lifecycle_tasks(settings))
     try:
-        # The socket first: a path that is taken or wrong is reported before the app stack is
-        # even imported, and from here on a client's connection waits in the backlog.
-        bound = bind_socket(settings)
+        return run_in_new_loop(serve(settings, app, on_ready=announce))
     except StartupError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        from app.lifecycle import lifecycle_tasks
-        from app.main import create_app
-
-        app = create_app(settings, background=lifecycle_tasks(settings))
-    except BaseException:
-        bound.cleanup()
-        raise
-    return run_in_new_loop(serve(settings, app, on_ready=announce, bound=bound))
 
 
 def build_parser() -> argparse.ArgumentParser:

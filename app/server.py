@@ -334,7 +334,6 @@ async def serve(
     command) and stops the broker through `runtime.request_shutdown`.
     """
     SIGNALS.install()
-    bound = bound or bind_socket(settings)
     runtime: Runtime = app.state.runtime
     config = uvicorn.Config(
         app,
@@ -350,13 +349,15 @@ async def serve(
         timeout_graceful_shutdown=settings.drain_timeout / 1000,  # type: ignore[arg-type]
         backlog=LISTEN_BACKLOG,
     )
+    listening: list[BoundSocket] = []
 
     def ready() -> None:
+        path = listening[0].path
         logger.info(
             "broker ready",
             extra={
                 "fields": {
-                    "socket": str(bound.path),
+                    "socket": str(path),
                     "pid": os.getpid(),
                     "version": runtime.version,
                     "auth": "on" if settings.auth_enabled else "off",
@@ -364,18 +365,23 @@ async def serve(
             },
         )
         if on_ready is not None:
-            on_ready(bound.path)
+            on_ready(path)
 
     server = BrokerServer(config, runtime, settings.drain_timeout, on_ready=ready)
     runtime.request_shutdown = server.request_shutdown
     runtime.force_shutdown = server.force_shutdown
+    # Subscribed before the socket exists: no signal can arrive between the bind and the
+    # subscription and take its default action, leaving the socket file behind.
     unsubscribe = SIGNALS.subscribe(server.on_signal) if stop_on_signal else None
     try:
-        await server.serve(sockets=[bound.sock])
+        listening.append(bound or bind_socket(settings))
+        try:
+            await server.serve(sockets=[listening[0].sock])
+        finally:
+            listening[0].cleanup()
     finally:
         if unsubscribe is not None:
             unsubscribe()
-        bound.cleanup()
     code = 1 if server.forced else 0
     stats = await app.state.store.stats()
     logger.info(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -322,3 +323,59 @@ def test_secret_file_is_used_and_handed_to_the_child(short_tmp: Path) -> None:
     assert (report["anonymous"], report["bearer"], report["hmac"]) == (401, 200, 201)
     assert report["secret_sha256"] == hashlib.sha256(secret.encode()).hexdigest()
     assert secret not in done.stderr
+
+
+# The child leaves a grandchild behind with a request in flight (its body never finishes),
+# waits until the broker counts it, and exits 5: the broker then drains for that request.
+LEAVES_A_REQUEST_IN_FLIGHT = r"""
+import json, os, socket, subprocess, sys, time
+GRANDCHILD = r'''
+import os, socket, time
+conn = socket.socket(socket.AF_UNIX)
+conn.connect(os.environ["EPHEMERAL_PIPE"])
+conn.sendall(b"PUT /v1/keys/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+time.sleep(60)
+'''
+subprocess.Popen([sys.executable, "-S", "-c", GRANDCHILD])
+def in_flight():
+    conn = socket.socket(socket.AF_UNIX)
+    conn.connect(os.environ["EPHEMERAL_PIPE"])
+    conn.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    return json.loads(data.partition(b"\r\n\r\n")[2])["connections"]["in_flight"]
+deadline = time.monotonic() + 30
+while in_flight() < 2 and time.monotonic() < deadline:  # the health request counts itself
+    time.sleep(0.02)
+sys.exit(5)
+"""
+
+
+def test_signal_while_draining_after_the_command_ended_stops_at_once(short_tmp: Path) -> None:
+    stderr_path = short_tmp / "run.stderr"
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            [BROKER_EXE, "run", "--drain-timeout", "60000", "--",
+             PYTHON, "-S", "-c", LEAVES_A_REQUEST_IN_FLIGHT],
+            stderr=stderr,
+            env={**os.environ, "TMPDIR": str(short_tmp)},
+            start_new_session=True,  # its own process group: the grandchild is ended with it
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "shutting down" not in stderr_path.read_text():
+            assert proc.poll() is None, stderr_path.read_text()
+            assert time.monotonic() < deadline, stderr_path.read_text()
+            time.sleep(0.02)
+        signalled = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 5  # still the command's code
+        assert time.monotonic() - signalled < 10, "the drain (60 s) was not cut short"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log = stderr_path.read_text()
+    assert 'reason="command exited with 5"' in log and "forced=true" in log
+    assert leftovers(short_tmp) == []
