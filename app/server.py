@@ -306,8 +306,9 @@ class BrokerServer(uvicorn.Server):
         """Runs in the signal handler: count, then hand over to the loop; no state touched."""
         self._signals_seen += 1
         # Counted here, not in the loop: two signals in quick succession are two signals even
-        # if the loop has not yet run the first one's callback.
-        if self._signals_seen > 1:
+        # if the loop has not yet run the first one's callback. A signal during a drain that
+        # began otherwise (idle timeout) is a "second" one too: it asks for more than a drain.
+        if self._signals_seen > 1 or self.runtime.draining:
             self.force_shutdown()
             return
         name = signal.Signals(signum).name

@@ -379,3 +379,14 @@ def test_signal_while_draining_after_the_command_ended_stops_at_once(short_tmp: 
     log = stderr_path.read_text()
     assert 'reason="command exited with 5"' in log and "forced=true" in log
     assert leftovers(short_tmp) == []
+
+
+def test_a_socket_that_cannot_be_created_stops_run_before_the_command(short_tmp: Path) -> None:
+    taken = short_tmp / "taken"
+    taken.write_text("a regular file\n")
+    marker = short_tmp / "command-ran"
+    done = run_cli(short_tmp, "touch", str(marker), flags=("--socket", str(taken)))
+    assert done.returncode == 2
+    assert "not a socket" in done.stderr
+    assert not marker.exists()
+    assert taken.read_text() == "a regular file\n"

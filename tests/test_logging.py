@@ -193,3 +193,4 @@ def test_info_level_hides_uvicorn_chatter(start_broker: BrokerFactory) -> None:
     assert "Started server process" not in log
     assert "Waiting for application startup" not in log
     assert "broker ready" in log and "broker stopped" in log
+    assert "heartbeat" not in log  # off by default
