@@ -145,35 +145,55 @@ def test_auth_gives_the_child_a_fresh_secret_in_its_environment_only(short_tmp: 
     assert leftovers(short_tmp) == []
 
 
+def supervised(tmp: Path, monkeypatch: pytest.MonkeyPatch, *command: str) -> int:
+    """`run`'s supervisor in this process (what `run` does after parsing its arguments): a
+    real broker, a real child, no interpreter start-up for `run` itself."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return run_in_new_loop(supervise(BrokerSettings(), list(command)))
+
+
 @pytest.mark.parametrize(
     ("code", "expected"),
     [
         ("import sys; sys.exit(3)", 3),
         ("import os, signal; os.kill(os.getpid(), signal.SIGTERM)", 128 + 15),
+        ("import os, signal; os.kill(os.getpid(), signal.SIGKILL)", 128 + 9),
         ("pass", 0),
     ],
-    ids=["exit-3", "killed-by-sigterm", "exit-0"],
+    ids=["exit-3", "killed-by-sigterm", "killed-by-sigkill", "exit-0"],
 )
-def test_exit_code_of_the_child_is_propagated(short_tmp: Path, code: str, expected: int) -> None:
-    done = run_cli(short_tmp, PYTHON, "-S", "-c", code)
-    assert done.returncode == expected, done.stderr
+def test_exit_code_of_the_child_is_propagated(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch, code: str, expected: int
+) -> None:
+    assert supervised(short_tmp, monkeypatch, PYTHON, "-S", "-c", code) == expected
     assert leftovers(short_tmp) == []
 
 
-def test_command_not_found_exits_127_with_one_line(short_tmp: Path) -> None:
-    done = run_cli(short_tmp, "no-such-command-eb5")
-    assert done.returncode == 127
-    errors = [line for line in done.stderr.splitlines() if "no-such-command-eb5" in line]
-    assert errors == ["ephemeral-broker: run: command not found: no-such-command-eb5"]
+def test_exit_code_through_the_command_line(short_tmp: Path) -> None:
+    done = run_cli(short_tmp, PYTHON, "-S", "-c", "import sys; sys.exit(3)")
+    assert done.returncode == 3, done.stderr
     assert leftovers(short_tmp) == []
 
 
-def test_command_that_cannot_be_executed_exits_126(short_tmp: Path) -> None:
+def test_command_not_found_exits_127_with_one_line(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert supervised(short_tmp, monkeypatch, "no-such-command-eb5", "--flag") == 127
+    assert capsys.readouterr().err == (
+        "ephemeral-broker: run: command not found: no-such-command-eb5\n"
+    )
+    assert leftovers(short_tmp) == []
+
+
+def test_command_that_cannot_be_executed_exits_126(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     script = short_tmp / "not-executable.sh"
     script.write_text("#!/bin/sh\nexit 0\n")
-    done = run_cli(short_tmp, str(script))
-    assert done.returncode == 126
-    assert f"cannot execute {script}" in done.stderr
+    assert supervised(short_tmp, monkeypatch, str(script)) == 126
+    assert supervised(short_tmp, monkeypatch, str(short_tmp)) == 126  # a directory
+    err = capsys.readouterr().err
+    assert f"ephemeral-broker: run: cannot execute {script}: Permission denied" in err
     assert leftovers(short_tmp) == []
 
 
@@ -289,12 +309,8 @@ def test_first_request_of_the_child_never_fails_20_times(
     """The socket listens before the child starts: its first request, made the instant it
     starts, is answered every time. In this process, 20 brokers in turn, each supervising
     a real child, which also shows the signal dispatcher is installed once (seed defect #3)."""
-    monkeypatch.setattr(tempfile, "tempdir", str(short_tmp))
     for _ in range(20):
-        code = run_in_new_loop(
-            supervise(BrokerSettings(), [PYTHON, "-S", "-c", FIRST_REQUEST_CHILD])
-        )
-        assert code == 0
+        assert supervised(short_tmp, monkeypatch, PYTHON, "-S", "-c", FIRST_REQUEST_CHILD) == 0
         assert leftovers(short_tmp) == []
     assert SIGNALS.installations == 1
     assert SIGNALS.listener_count == 0
@@ -305,10 +321,8 @@ def test_defect_07_run_is_kept_alive_by_the_child_not_by_a_forever_future(
 ) -> None:
     """Seed defect #7: the Node CLI kept itself alive with a never-resolving promise. `run`
     returns as soon as its child has exited and the broker has drained."""
-    monkeypatch.setattr(tempfile, "tempdir", str(short_tmp))
     started = time.monotonic()
-    code = run_in_new_loop(supervise(BrokerSettings(), [PYTHON, "-S", "-c", "pass"]))
-    assert code == 0
+    assert supervised(short_tmp, monkeypatch, PYTHON, "-S", "-c", "pass") == 0
     assert time.monotonic() - started < 10
     assert leftovers(short_tmp) == []
 
