@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -404,3 +405,43 @@ def test_a_socket_that_cannot_be_created_stops_run_before_the_command(short_tmp:
     assert "not a socket" in done.stderr
     assert not marker.exists()
     assert taken.read_text() == "a regular file\n"
+
+
+# Exits 0 once it has been asked to stop: a clean exit after a signal.
+EXITS_0_ON_SIGTERM = r"""
+import signal, sys, time
+stop = []
+signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
+open(sys.argv[1], "w").close()  # ready: the handler is in place
+deadline = time.monotonic() + 30
+while not stop and time.monotonic() < deadline:
+    time.sleep(0.01)
+sys.exit(0 if stop == [signal.SIGTERM] else 99)
+"""
+
+
+def test_defect_16_a_clean_exit_after_a_signal_is_exit_0(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed defect #16: after a signal the Node CLI's exit code depended on which of two
+    handlers won (0 or 1). The child's code is the one `run` exits with: here the child
+    exits 0 after SIGTERM, sent to this process, in which `run`'s supervisor is running."""
+    ready = short_tmp / "ready"
+
+    def signal_when_ready() -> None:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=signal_when_ready)
+    sender.start()
+    try:
+        code = supervised(
+            short_tmp, monkeypatch, PYTHON, "-S", "-c", EXITS_0_ON_SIGTERM, str(ready)
+        )
+    finally:
+        sender.join()
+    assert code == 0
+    assert SIGNALS.listener_count == 0
+    assert leftovers(short_tmp) == []
