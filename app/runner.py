@@ -3,9 +3,9 @@
 The broker runs in this process, on the same machinery as `serve` (app.server). The order is
 what makes it race-free:
 
-1. The socket is bound and listening before anything else happens, so a connection from CMD
-   can never be refused; it waits in the backlog at worst. CMD starts only once the app has
-   also finished starting, so its first request is answered at once.
+1. CMD starts only once the socket is bound and listening and the app has finished starting,
+   so CMD's first request can never be refused: it is answered at once. Signal handling is in
+   place before the socket exists, so no signal can leave the socket behind.
 2. CMD runs with EPHEMERAL_PIPE (and, with auth, EPHEMERAL_SECRET) in its environment, never in
    its arguments: nothing secret shows in `ps`.
 3. SIGINT and SIGTERM go to CMD, each exactly once, through the process's one signal dispatcher
@@ -29,6 +29,7 @@ import secrets
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import SecretStr
@@ -170,23 +171,24 @@ class _Supervisor:
     async def run(self, settings: BrokerSettings) -> int:
         from app.lifecycle import lifecycle_tasks
         from app.main import create_app
-        from app.server import StartupError, bind_socket, serve
+        from app.server import StartupError, serve
 
-        bound = bind_socket(settings)  # listening from here on: no connection is ever refused
         app = create_app(settings, background=lifecycle_tasks(settings, idle=False))
         self.runtime = app.state.runtime
-        ready = asyncio.Event()
+        # serve() binds the socket and starts the app; it reports the path once both are done,
+        # so the socket is listening (and the app answering) before CMD exists.
+        ready: asyncio.Future[Path] = self.loop.create_future()
         server = asyncio.create_task(
-            serve(settings, app, bound=bound, on_ready=lambda _: ready.set(), stop_on_signal=False)
+            serve(settings, app, on_ready=ready.set_result, stop_on_signal=False)
         )
-        started = asyncio.create_task(ready.wait())
-        await asyncio.wait({server, started}, return_when=asyncio.FIRST_COMPLETED)
-        if not started.done():
-            started.cancel()
-            await server  # re-raises what stopped it
+        either: set[asyncio.Future[Any]] = {server, ready}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            await server  # re-raises what stopped it (a StartupError: exit 2)
             raise StartupError("the broker stopped before it was ready")
 
-        env = {**os.environ, "EPHEMERAL_PIPE": str(bound.path)}
+        env = {**os.environ, "EPHEMERAL_PIPE": str(ready.result())}
         if settings.secret is not None:
             env["EPHEMERAL_SECRET"] = settings.secret.get_secret_value()
         reason = "run stopped"
