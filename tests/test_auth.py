@@ -165,7 +165,7 @@ def test_defect_13_only_correct_credentials_pass_and_nothing_yields_500(
 
 
 def test_probes_are_open_and_everything_else_needs_a_credential(secured: BrokerProcess) -> None:
-    with secured.client() as client:
+    with secured.client(timeout=30) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/readyz").json() == {"status": "ready"}
         for path in ("/metrics", "/openapi.json", "/v1/stats", "/v1/health", "/v1/keys",
@@ -180,7 +180,7 @@ def test_probes_are_open_and_everything_else_needs_a_credential(secured: BrokerP
 
 def test_secret_from_ephemeral_secret_turns_auth_on(start_broker: BrokerFactory) -> None:
     broker = start_broker(env={"EPHEMERAL_SECRET": SECRET})
-    with broker.client() as client:
+    with broker.client(timeout=30) as client:
         assert_auth_failed(client.get("/v1/ping"))
         ok = client.get("/v1/ping", headers={"Authorization": f"Bearer {SECRET}"})
         assert ok.status_code == 200
@@ -192,7 +192,7 @@ def test_secret_file_trailing_newline_is_ignored(
     secret_file = short_tmp / "secret"
     secret_file.write_text(SECRET + "\n")
     broker = start_broker("--secret-file", str(secret_file))
-    with broker.client() as client:
+    with broker.client(timeout=30) as client:
         ok = client.get("/v1/ping", headers={"Authorization": f"Bearer {SECRET}"})
         assert ok.status_code == 200
     assert SECRET not in " ".join(broker.args)

@@ -28,7 +28,8 @@ PYTHON = sys.executable
 READ_WRITE_CHILD = r"""
 import json, os, stat, httpx
 pipe = os.environ["EPHEMERAL_PIPE"]
-client = httpx.Client(transport=httpx.HTTPTransport(uds=pipe), base_url="http://localhost")
+client = httpx.Client(transport=httpx.HTTPTransport(uds=pipe), base_url="http://localhost",
+                      timeout=30)
 put = client.put("/v1/keys/greeting", json={"value": {"hello": "world"}, "ttl_ms": 60000})
 got = client.get("/v1/keys/greeting")
 incr = client.post("/v1/keys/hits/incr", json={"by": 5, "ttl_ms": 60000})
@@ -50,7 +51,7 @@ import hashlib, json, os, time, httpx
 from app.signing import signature_headers
 secret = os.environ["EPHEMERAL_SECRET"]
 client = httpx.Client(transport=httpx.HTTPTransport(uds=os.environ["EPHEMERAL_PIPE"]),
-                      base_url="http://localhost")
+                      base_url="http://localhost", timeout=30)
 body = json.dumps({"value": "signed", "ttl_ms": 60000}).encode()
 signed = signature_headers(secret, int(time.time() * 1000), "PUT", "/v1/keys/k", body)
 cmdlines = [open(f"/proc/{pid}/cmdline", "rb").read() for pid in ("self", os.getppid())]

@@ -118,17 +118,17 @@ def slow_uploads() -> Iterator[list[SlowUpload]]:
         upload.close()
 
 
-def wait_for_log(broker: BrokerProcess, text: str, timeout: float = 10.0) -> None:
+def wait_for_log(broker: BrokerProcess, text: str, timeout: float = 30.0) -> None:
     wait_until(lambda: text in broker.stderr(), timeout, what=f"{text!r} in the broker log")
 
 
 def wait_for_in_flight(broker: BrokerProcess, count: int) -> None:
     def reached() -> bool:
-        with broker.client() as client:
+        with broker.client(timeout=30) as client:
             return bool(client.get("/v1/health").json()["connections"]["in_flight"] > count)
 
     # The /v1/health request itself is in flight while it counts.
-    wait_until(reached, what=f"{count} request(s) in flight")
+    wait_until(reached, timeout=30, what=f"{count} request(s) in flight")
 
 
 # ---- drain ---------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def test_sigterm_under_load_loses_no_answered_request(
         for i in range(LOAD_CLIENTS)
     ]
     try:
-        with broker.client() as probe:
+        with broker.client(timeout=30) as probe:
             wait_until(
                 lambda: probe.get("/v1/stats").json()["items"] >= 300,
                 timeout=30,
@@ -183,14 +183,14 @@ def test_sigterm_under_load_loses_no_answered_request(
 def test_a_request_received_before_the_signal_is_answered(
     start_broker: BrokerFactory, slow_uploads: list[SlowUpload]
 ) -> None:
-    broker = start_broker()
+    broker = start_broker("--drain-timeout", "30000")  # ample: this test is not about time
     upload = SlowUpload(broker.socket)
     slow_uploads.append(upload)
     wait_for_in_flight(broker, 1)
     os.kill(broker.pid, signal.SIGTERM)
     wait_for_log(broker, "shutting down")
     # The listener is closed now: nothing new gets in...
-    wait_until(lambda: _refused(broker.socket), what="the listener to close")
+    wait_until(lambda: _refused(broker.socket), timeout=30, what="the listener to close")
     # ...but the request it already had is finished and answered.
     upload.finish()
     status, headers, body = upload.response()
@@ -305,7 +305,7 @@ def test_idle_timeout_is_a_clean_exit_and_probes_do_not_keep_it_alive(
     start_broker: BrokerFactory,
 ) -> None:
     broker = start_broker("--idle-timeout", "600")
-    with broker.client() as client:
+    with broker.client(timeout=30) as client:
         assert client.put("/v1/keys/k", json={"value": 1, "ttl_ms": 60000}).status_code == 201
 
         def probed_until_gone() -> bool:
@@ -357,14 +357,14 @@ async def test_requests_move_the_idle_clock_and_probes_do_not() -> None:
 
 def test_heartbeat_logs_one_json_line_with_the_status(start_broker: BrokerFactory) -> None:
     broker = start_broker("--heartbeat-interval", "100", "--log-format", "json")
-    with broker.client() as client:
+    with broker.client(timeout=30) as client:
         client.put("/v1/keys/k", json={"value": 1, "ttl_ms": 60000})
 
     def beats() -> list[dict[str, object]]:
         lines = [json.loads(line) for line in broker.stderr().splitlines() if line]
         return [line for line in lines if line["message"] == "heartbeat" and line["items"] == 1]
 
-    wait_until(lambda: bool(beats()), what="a heartbeat line counting the key")
+    wait_until(lambda: bool(beats()), timeout=30, what="a heartbeat line counting the key")
     beat = beats()[0]
     assert beat["level"] == "info"
     assert beat["max_items"] == 10000

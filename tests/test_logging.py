@@ -170,7 +170,7 @@ def test_access_log_is_off_by_default_and_independent_of_the_level(
     quiet = start_broker()
     loud = start_broker("--access-log", "--log-level", "warning")
     for broker in (quiet, loud):
-        with broker.client() as client:
+        with broker.client(timeout=30) as client:
             client.get("/v1/ping", headers={"X-Request-ID": "trace-42"})
         assert broker.stop() == 0
     assert " request " not in quiet.stderr()

@@ -42,7 +42,7 @@ def test_sigkill_leaves_a_stale_socket_that_the_next_serve_removes(
     assert refused != 0
 
     second = start_broker(socket=path)  # asserts it announced EPHEMERAL_PIPE=<path>
-    with second.client() as client:
+    with second.client(timeout=30) as client:
         assert client.get("/v1/ping").status_code == 200
     assert "removing stale socket" in second.stderr()
     assert second.stop() == 0
@@ -61,7 +61,7 @@ def test_second_serve_on_a_live_broker_exits_2_and_leaves_the_first_alone(
     assert len(stderr.strip().splitlines()) == 1, stderr
     # The first broker still owns the very same socket file and still answers.
     assert os.lstat(path).st_ino == inode
-    with first.client() as client:
+    with first.client(timeout=30) as client:
         assert client.get("/v1/ping").status_code == 200
     assert first.stop() == 0
 
