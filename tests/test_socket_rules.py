@@ -97,7 +97,10 @@ def test_socket_mode_is_applied_at_bind(start_broker: BrokerFactory, short_tmp: 
     assert stat.S_IMODE(os.lstat(private.socket).st_mode) == 0o600
 
 
-def test_socket_path_over_107_bytes_stops_startup_with_the_length(short_tmp: Path) -> None:
+def test_defect_17_socket_path_over_107_bytes_stops_startup_with_the_length(
+    short_tmp: Path,
+) -> None:
+    """Seed defect #17: a long socket path failed with a cryptic error from bind()."""
     long_path = short_tmp / ("x" * 120 + ".sock")
     code, stderr = serve_expecting_failure("--socket", str(long_path))
     assert code == 2
@@ -105,7 +108,9 @@ def test_socket_path_over_107_bytes_stops_startup_with_the_length(short_tmp: Pat
     assert not long_path.exists()
 
 
-def test_default_socket_under_a_long_tmpdir_suggests_a_shorter_one(short_tmp: Path) -> None:
+def test_defect_17_default_socket_under_a_long_tmpdir_suggests_a_shorter_one(
+    short_tmp: Path,
+) -> None:
     deep = short_tmp / ("d" * 90)
     deep.mkdir()
     code, stderr = serve_expecting_failure(env={"TMPDIR": str(deep)})
