@@ -342,6 +342,24 @@ class BrokerServer(uvicorn.Server):
             self.should_exit = True  # not started yet: uvicorn checks this before serving
 
 
+def uvicorn_config(app: Any, *, drain_timeout_ms: int, lifespan: str = "on") -> uvicorn.Config:
+    """The broker's uvicorn configuration (the benchmark's raw-ASGI baseline uses it too)."""
+    return uvicorn.Config(
+        app,
+        http=BrokerHttpProtocol,
+        lifespan=lifespan,  # type: ignore[arg-type]
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        # Narrowed to what is left of the drain deadline when shutdown begins (see shutdown()).
+        # uvicorn annotates int but hands it to asyncio.wait_for: milliseconds matter here.
+        timeout_graceful_shutdown=drain_timeout_ms / 1000,  # type: ignore[arg-type]
+        backlog=LISTEN_BACKLOG,
+    )
+
+
 async def serve(
     settings: BrokerSettings,
     app: Any,
@@ -359,20 +377,7 @@ async def serve(
     """
     SIGNALS.install()
     runtime: Runtime = app.state.runtime
-    config = uvicorn.Config(
-        app,
-        http=BrokerHttpProtocol,
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
-        # Narrowed to what is left of the drain deadline when shutdown begins (see shutdown()).
-        # uvicorn annotates int but hands it to asyncio.wait_for: milliseconds matter here.
-        timeout_graceful_shutdown=settings.drain_timeout / 1000,  # type: ignore[arg-type]
-        backlog=LISTEN_BACKLOG,
-    )
+    config = uvicorn_config(app, drain_timeout_ms=settings.drain_timeout)
     listening: list[BoundSocket] = []
 
     def ready() -> None:

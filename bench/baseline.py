@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from app.server import LISTEN_BACKLOG, BrokerHttpProtocol, run_in_new_loop
+from app.server import LISTEN_BACKLOG, run_in_new_loop, uvicorn_config
 
 # What a broker GET of a 100-byte value answers.
 BODY = b'{"key":"k","value":"' + b"v" * 98 + b'","version":1,"expires_at":1767225600000}'
@@ -37,17 +37,8 @@ async def main(path: str) -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(path)
     sock.listen(LISTEN_BACKLOG)
-    config = uvicorn.Config(
-        app,
-        http=BrokerHttpProtocol,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        log_level="warning",
-    )
-    await _Server(config).serve(sockets=[sock])
+    # The broker's own configuration, minus the lifespan a trivial app does not have.
+    await _Server(uvicorn_config(app, drain_timeout_ms=0, lifespan="off")).serve(sockets=[sock])
     await asyncio.sleep(0)
 
 
