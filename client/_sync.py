@@ -1,0 +1,280 @@
+"""`BrokerClient`: the operations of `client._operations` executed with blocking I/O."""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import httpx
+
+from client import _operations as ops
+from client._protocol import (
+    DEFAULT_TIMEOUT,
+    POOL_LIMITS,
+    Plan,
+    Renewal,
+    Reply,
+    RunFactory,
+    Sleep,
+    Wire,
+    resolve_wire,
+)
+from client._shared import LeaseBase, method_signature
+from client.models import LeaseGrant
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _bind(op: Callable[Concatenate[Wire, P], Plan[T]]) -> Callable[Concatenate[BrokerClient, P], T]:
+    @functools.wraps(op)
+    def method(self: BrokerClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(op(self._wire, *args, **kwargs))
+
+    method.__signature__ = method_signature(op)  # type: ignore[attr-defined]
+    return method
+
+
+class _Keeper:
+    """Runs a renewal every `interval_s` on a daemon thread until stopped or lost."""
+
+    def __init__(self, client: BrokerClient, renewal: Renewal) -> None:
+        self._client = client
+        self._renewal = renewal
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"ephemeral-broker keepalive of {renewal.what}", daemon=True
+        )
+        client._keepers.add(self)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._renewal.interval_s):
+            if not self._client._run(self._renewal.tick()):
+                return
+
+    def stop(self) -> None:
+        """Stop renewing; waits for a renewal in flight, so none lands after this returns."""
+        self._stop.set()
+        self._client._keepers.discard(self)
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+# Clients that own their transport, to give each a fresh connection pool in a forked child:
+# a pooled connection shared by two processes would interleave their requests.
+_OWN_TRANSPORT: weakref.WeakSet[BrokerClient] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_OWN_TRANSPORT):
+        client._transport = client._new_transport()
+        client._keepers.clear()  # their threads do not exist in the child
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class BrokerClient:
+    """A blocking client of the broker on a Unix socket; thread-safe.
+
+    Args:
+        socket: the broker's socket path; defaults to `$EPHEMERAL_PIPE`. With neither,
+            BrokerUnavailable is raised at once.
+        secret: the shared secret; defaults to `$EPHEMERAL_SECRET`. When set, every request
+            is signed (HMAC-SHA256, SPEC section 5).
+        timeout: seconds one call may take, all connection retries included.
+        transport: an httpx transport to use instead of the Unix-socket one (for tests).
+
+    Connection failures are retried with capped exponential backoff within `timeout`, so a
+    broker that is still starting is reached as soon as it listens. One keep-alive connection
+    is pooled. Use as a context manager, or call `close()`.
+    """
+
+    def __init__(
+        self,
+        socket: str | os.PathLike[str] | None = None,
+        *,
+        secret: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._wire = resolve_wire(socket, secret, timeout)
+        self._keepers: set[_Keeper] = set()
+        self._closed = False
+        if transport is None:
+            self._transport: httpx.BaseTransport = self._new_transport()
+            _OWN_TRANSPORT.add(self)
+        else:
+            self._transport = transport
+
+    def _new_transport(self) -> httpx.BaseTransport:
+        return httpx.HTTPTransport(uds=self._wire.socket, limits=POOL_LIMITS)
+
+    @property
+    def socket(self) -> str:
+        """The broker's socket path."""
+        return self._wire.socket
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one call may take, all retries included."""
+        return self._wire.timeout
+
+    def __repr__(self) -> str:
+        auth = "signed" if self._wire.secret else "unsigned"
+        return f"<BrokerClient socket={self._wire.socket!r} {auth} timeout={self._wire.timeout:g}>"
+
+    # ---- execution ---------------------------------------------------------------------------
+
+    def _run(self, plan: Plan[T]) -> T:
+        if self._closed:
+            raise RuntimeError("this BrokerClient is closed")
+        outcome: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                step = plan.send(outcome) if error is None else plan.throw(error)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            error = None
+            if isinstance(step, httpx.Request):
+                outcome = self._send(step)
+            elif isinstance(step, Sleep):
+                time.sleep(step.seconds)
+                outcome = None
+            else:
+                try:
+                    outcome = self._run_factory(step)
+                except Exception as exc:
+                    error = exc
+
+    def _send(self, request: httpx.Request) -> Reply | httpx.RequestError:
+        try:
+            response = self._transport.handle_request(request)
+            try:
+                content = response.read()
+            finally:
+                response.close()
+        except httpx.RequestError as exc:
+            return exc
+        return Reply(response.status_code, response.headers, content)
+
+    def _run_factory(self, step: RunFactory) -> Any:
+        keeper = _Keeper(self, step.renewal)
+        try:
+            return step.factory()
+        finally:
+            keeper.stop()
+
+    # ---- operations --------------------------------------------------------------------------
+
+    set = _bind(ops.set)
+    get = _bind(ops.get)
+    get_item = _bind(ops.get_item)
+    delete = _bind(ops.delete)
+    list = _bind(ops.list)
+    incr = _bind(ops.incr)
+    touch = _bind(ops.touch)
+    release = _bind(ops.release)
+    release_all = _bind(ops.release_all)
+    ping = _bind(ops.ping)
+    health = _bind(ops.health)
+    stats = _bind(ops.stats)
+    metrics = _bind(ops.metrics)
+
+    def lease(
+        self,
+        pool: str,
+        worker_id: str | None = None,
+        *,
+        ttl_ms: int | None = None,
+        size: int | None = None,
+        wait_ms: int | None = None,
+        keepalive: bool = False,
+    ) -> Lease:
+        grant = self._run(ops.acquire(self._wire, pool, worker_id, ttl_ms, size, wait_ms))
+        return Lease(self, grant, keepalive=keepalive)
+
+    lease.__doc__ = ops.acquire.__doc__
+
+    def once(
+        self,
+        key: str,
+        factory: Callable[[], Any],
+        ttl_ms: int,
+        *,
+        lock_ttl_ms: int = ops.DEFAULT_LOCK_TTL_MS,
+    ) -> Any:
+        return self._run(ops.once(self._wire, key, factory, ttl_ms, lock_ttl_ms))
+
+    once.__doc__ = ops.once.__doc__
+
+    # ---- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop lease keepalives (the leases are not released) and close the connection."""
+        if self._closed:
+            return
+        for keeper in [*self._keepers]:
+            keeper.stop()
+        self._closed = True
+        self._transport.close()
+        _OWN_TRANSPORT.discard(self)
+
+    def __enter__(self) -> BrokerClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Lease(LeaseBase):
+    """A lease held in a pool (see `LeaseBase` for its attributes), from `BrokerClient.lease`.
+
+    As a context manager it releases the lease on exit; with `keepalive=True` a background
+    thread renews it every third of its TTL, and a lease found gone is reported (`lost`, and
+    LeaseNotFound raised on leaving the `with` block) instead of being re-acquired.
+    """
+
+    def __init__(self, client: BrokerClient, grant: LeaseGrant, *, keepalive: bool) -> None:
+        super().__init__(client._wire, grant)
+        self._client = client
+        self._keeper = _Keeper(client, self._renewal) if keepalive else None
+
+    def renew(self, ttl_ms: int | None = None) -> None:
+        """Restart the lease's TTL (`ttl_ms`, default its own); LeaseNotFound if not held."""
+        self._client._run(self._renew_plan(ttl_ms))
+
+    def release(self) -> bool:
+        """Stop keepalive and release this lease; True if it was still held."""
+        if self._keeper is not None:
+            self._keeper.stop()
+            self._keeper = None
+        return self._client._run(self._release_plan())
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+        if exc_type is None:
+            self.raise_if_lost()
