@@ -12,10 +12,10 @@ from typing import Any, Final, Literal
 import orjson
 
 ErrorCode = Literal[
+    "bad_request",
     "invalid_json",
     "auth_failed",
     "not_found",
-    "expired",
     "lease_not_found",
     "route_not_found",
     "method_not_allowed",
@@ -36,10 +36,12 @@ ErrorCode = Literal[
 
 # code -> (status, title)
 ERRORS: Final[Mapping[str, tuple[int, str]]] = {
+    # Not in SPEC's table: a request the HTTP parser itself refuses (bad request line or
+    # headers, a body that overruns its Content-Length into garbage).
+    "bad_request": (400, "Malformed HTTP request"),
     "invalid_json": (400, "Invalid JSON"),
     "auth_failed": (401, "Authentication failed"),
     "not_found": (404, "Key not found"),
-    "expired": (404, "Key expired"),
     "lease_not_found": (404, "Lease not found"),
     "route_not_found": (404, "No such endpoint"),
     "method_not_allowed": (405, "Method not allowed"),

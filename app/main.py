@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from app import __version__
 from app.api import keys, system
@@ -25,6 +26,7 @@ from app.schemas import IncrRequest, ProblemDetail, SetKeyRequest, TouchRequest
 from app.settings import BrokerSettings
 from app.store import MemoryStore, Store, StoreLimits
 
+ROUTERS: tuple[APIRouter, ...] = (keys.router, system.router)
 # Models routes parse themselves (see app/api/body.py): added to the OpenAPI components.
 _BODY_MODELS = (SetKeyRequest, IncrRequest, TouchRequest, ProblemDetail)
 
@@ -73,14 +75,23 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     return problem_response(request, error)
 
 
+RouteTable = list[tuple[re.Pattern[str], frozenset[str]]]
+
+
+def _route_table(routers: tuple[APIRouter, ...]) -> RouteTable:
+    return [
+        (route.path_regex, frozenset(route.methods or ()))
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute)
+    ]
+
+
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this path (Starlette names only the first route's)."""
-    methods: set[str] = set()
-    for route in request.app.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
-            methods.update(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    table: RouteTable = request.app.state.route_table
+    path = request.scope["path"]
+    return sorted({m for regex, methods in table if regex.match(path) for m in methods})
 
 
 async def _sweep_forever(store: Store, interval_ms: int) -> None:
@@ -135,8 +146,9 @@ def create_app(
     app.state.clock = clock
     app.state.runtime = runtime
     app.state.metrics = metrics
-    app.include_router(keys.router)
-    app.include_router(system.router)
+    for router in ROUTERS:
+        app.include_router(router)
+    app.state.route_table = _route_table(ROUTERS)
     app.add_exception_handler(BrokerError, _on_broker_error)
     app.add_exception_handler(RequestValidationError, _on_request_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)

@@ -17,6 +17,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, Final
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PROBLEM_CONTENT_TYPE, BrokerError, ErrorCode, problem_body
@@ -28,6 +29,8 @@ _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # Probes: never need auth, never count as activity, and stay answerable while draining.
 PROBE_PATHS: Final = frozenset({"/healthz", "/readyz"})
 _GZIP_LEVEL: Final = 1  # a local socket makes bytes cheap; CPU is the cost that matters
+# nginx's convention for "the client went away before the answer": for metrics and the log.
+CLIENT_CLOSED_STATUS: Final = 499
 
 
 def request_id_of(scope: Scope) -> str:
@@ -126,6 +129,11 @@ class BrokerMiddleware:
                 )  # fmt: skip
             else:
                 await self.app(scope, receive, send_wrapper)
+        except ClientDisconnect:
+            # The client hung up while sending its body: nobody to answer, and not a bug.
+            status = CLIENT_CLOSED_STATUS
+            state["error_code"] = None
+            state["result"] = "client_closed"
         except Exception:
             # A bug. The body names nothing; the log has the traceback and the request id.
             logger.exception(

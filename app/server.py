@@ -23,7 +23,9 @@ from types import FrameType
 from typing import Any, Final, TypeVar
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app.errors import PROBLEM_CONTENT_TYPE, problem_body
 from app.logs import logger
 from app.runtime import Runtime
 from app.settings import (
@@ -208,6 +210,27 @@ SIGNALS = SignalDispatcher()
 # ---- uvicorn -------------------------------------------------------------------------------
 
 
+class BrokerHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, answering unparseable requests with problem+json too.
+
+    uvicorn refuses a request its parser cannot read before any app code runs, with a plain
+    text 400; every error of ours is problem+json with a stable code, this one included.
+    """
+
+    def send_400_response(self, msg: str) -> None:
+        rid = os.urandom(8).hex()
+        body = problem_body("bad_request", f"the HTTP request is malformed: {msg}", rid)
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        for name, value in self.server_state.default_headers:
+            head.append(name + b": " + value + b"\r\n")
+        head.append(
+            b"content-type: %s\r\ncontent-length: %d\r\nx-request-id: %s\r\n"
+            b"connection: close\r\n\r\n" % (PROBLEM_CONTENT_TYPE.encode(), len(body), rid.encode())
+        )
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+
 class BrokerServer(uvicorn.Server):
     """uvicorn's server with our signal handling and drain.
 
@@ -274,7 +297,7 @@ async def serve(
     runtime: Runtime = app.state.runtime
     config = uvicorn.Config(
         app,
-        http="httptools",
+        http=BrokerHttpProtocol,
         lifespan="on",
         log_config=None,
         access_log=False,

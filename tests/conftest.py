@@ -27,6 +27,8 @@ from app.clock import FakeClock
 from app.main import create_app
 from app.settings import BrokerSettings
 
+pytest_plugins = ["pytester"]
+
 BIN_DIR = Path(sys.executable).parent
 BROKER_EXE = str(BIN_DIR / "ephemeral-broker")
 START_TIMEOUT_SECONDS = 20.0
@@ -187,3 +189,70 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
         time.sleep(0.01)
+
+
+@dataclass
+class AsgiResult:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    receive_calls: int
+
+    def json(self) -> Any:
+        import orjson
+
+        return orjson.loads(self.body)
+
+
+async def asgi_call(
+    app: Any,
+    method: str,
+    path: str,
+    *,
+    chunks: tuple[bytes, ...] = (),
+    headers: tuple[tuple[str, str], ...] = (),
+) -> AsgiResult:
+    """Call an ASGI app directly: exact paths (no client normalisation), body in `chunks`,
+    and a count of how many times the app asked for body chunks."""
+    calls = 0
+    pending = list(chunks)
+
+    async def receive() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        if pending:
+            chunk = pending.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    raw_path, _, query = path.partition("?")
+    from urllib.parse import unquote
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote(raw_path),
+        "raw_path": raw_path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
+        "client": ("test", 0),
+        "server": ("localhost", 80),
+    }
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return AsgiResult(
+        start["status"],
+        {k.decode(): v.decode() for k, v in start["headers"]},
+        body,
+        calls,
+    )

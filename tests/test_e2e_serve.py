@@ -139,3 +139,154 @@ def test_default_socket_lives_in_a_private_directory_that_is_removed(short_tmp: 
             proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def raw_exchange(sock_path: Path, request: bytes, *, half_close: bool = False) -> bytes:
+    """Send raw bytes over the socket and read until the broker closes or 5 s pass."""
+    import socket as socketlib
+
+    conn = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    conn.settimeout(5)
+    conn.connect(str(sock_path))
+    try:
+        conn.sendall(request)
+        if half_close:
+            conn.shutdown(socketlib.SHUT_WR)
+        received = b""
+        while True:
+            try:
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            received += chunk
+        return received
+    finally:
+        conn.close()
+
+
+def test_gzip_bomb_over_the_socket_does_not_grow_the_broker(broker: BrokerProcess) -> None:
+    import gzip
+
+    bomb = gzip.compress(b"\0" * 10_000_000, compresslevel=9)
+    with broker.client() as client:
+        for _ in range(3):  # warm up allocator pools so the comparison is fair
+            client.put("/v1/keys/w", json={"value": "x" * 100_000, "ttl_ms": 1000})
+        before = rss_kib(broker.pid)
+        for _ in range(5):
+            response = client.put(
+                "/v1/keys/bomb", content=bomb, headers={"Content-Encoding": "gzip"}
+            )
+            assert response.status_code == 413
+            assert response.json()["code"] == "too_large"
+        after = rss_kib(broker.pid)
+        assert client.get("/healthz").status_code == 200
+    # Five 10 MB bombs; growth stays far below even one of them inflated.
+    assert after - before < 4 * 1024, (before, after)
+
+
+def test_chunked_body_is_cut_off_while_it_streams(broker: BrokerProcess) -> None:
+    import select
+    import socket as socketlib
+
+    conn = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    conn.settimeout(5)
+    conn.connect(str(broker.socket))
+    sent = 0
+    answer = b""
+    try:
+        conn.sendall(b"PUT /v1/keys/big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"x" * 65536
+        frame = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        while sent < 8 * 1024 * 1024:
+            readable, _, _ = select.select([conn], [], [], 0)
+            if readable:
+                break  # the broker answered before the body ended
+            try:
+                conn.sendall(frame)
+            except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                break  # it stopped reading: the answer is waiting
+            sent += len(chunk)
+        while b"\r\n\r\n" not in answer:
+            data = conn.recv(65536)
+            if not data:
+                break
+            answer += data
+    finally:
+        conn.close()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"too_large" in answer or b"problem+json" in answer
+    assert sent < 8 * 1024 * 1024  # refused long before the client finished sending
+    with broker.client() as client:
+        assert client.get("/v1/keys/big").status_code == 404
+
+
+def test_bodies_that_lie_about_their_length(broker: BrokerProcess) -> None:
+    # Shorter than declared, then the client stops sending: nobody is left to answer, the
+    # broker frees the connection and keeps serving.
+    short = raw_exchange(
+        broker.socket,
+        b'PUT /v1/keys/liar HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"value": 1',
+        half_close=True,
+    )
+    assert b" 500 " not in short
+    # Longer than declared: the declared bytes are the body, the rest is a bad next request.
+    long = raw_exchange(
+        broker.socket,
+        b"PUT /v1/keys/liar HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n"
+        b'{"value": 1, "ttl_ms": 100}',
+    )
+    # The parser refuses the stream (it reads the overrun as a next request) before the first
+    # request is answered: one problem+json 400, then the connection closes.
+    assert long.startswith(b"HTTP/1.1 400"), long[:200]
+    head, _, body = long.partition(b"\r\n\r\n")
+    assert b"content-type: application/problem+json" in head
+    assert json.loads(body)["code"] == "bad_request"
+    with broker.client() as client:
+        assert client.get("/v1/keys/liar").status_code == 404
+        assert client.get("/healthz").status_code == 200
+
+
+def test_curl_path_as_is_dot_keys_are_invalid(broker: BrokerProcess) -> None:
+    for path in ("/v1/keys/.", "/v1/keys/..", "/v1/keys/%2e%2e"):
+        status, _, body = curl(broker.socket, "--path-as-is", f"http://localhost{path}")
+        assert (status, json.loads(body)["code"]) == (422, "invalid_key"), path
+
+
+def test_many_concurrent_clients_are_all_answered(broker: BrokerProcess) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def worker(n: int) -> int:
+        with broker.client() as client:
+            for i in range(25):
+                client.put(f"/v1/keys/w{n}-{i}", json={"value": i, "ttl_ms": 60_000})
+            return sum(client.get(f"/v1/keys/w{n}-{i}").json()["value"] for i in range(25))
+
+    with ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(worker, range(16))) == [sum(range(25))] * 16
+    with broker.client() as client:
+        assert client.get("/v1/stats").json()["items"] == 16 * 25
+
+
+def test_dockerfile_healthcheck_command_asks_the_broker(broker: BrokerProcess) -> None:
+    import re
+    import sys
+
+    dockerfile = (Path(__file__).resolve().parent.parent / "Dockerfile").read_text()
+    match = re.search(r"HEALTHCHECK[^\n]*\\\n\s*CMD (\[.*\])", dockerfile)
+    assert match, "HEALTHCHECK CMD not found"
+    command = json.loads(match.group(1))
+    assert command[0] == "python"
+    command[0] = sys.executable
+    env = {**os.environ, "EPHEMERAL_PIPE": str(broker.socket)}
+    assert subprocess.run(command, env=env, timeout=30, check=False).returncode == 0
+    assert broker.stop() == 0
+    assert subprocess.run(command, env=env, timeout=30, check=False).returncode != 0

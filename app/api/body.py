@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -12,6 +14,11 @@ from pydantic import BaseModel, ValidationError
 from app.errors import BrokerError, ErrorCode
 
 MAX_JSON_DEPTH: Final = 64
+# orjson reads integers beyond 64 bits as floats, silently losing digits. Any such integer has
+# at least 20 digits, so only bodies with a run of 20 digits are checked exactly.
+_LONG_DIGITS: Final = re.compile(rb"\d{20}")
+_INT_MIN: Final = -(2**63)
+_UINT_MAX: Final = 2**64 - 1
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
@@ -25,6 +32,21 @@ def _deeper_than(value: Any, limit: int) -> bool:
         for child in children:
             if isinstance(child, dict | list):
                 stack.append((child, depth + 1))
+    return False
+
+
+def _exact_int(text: str) -> int:
+    number = int(text)
+    if not _INT_MIN <= number <= _UINT_MAX:
+        raise ValueError(text)
+    return number
+
+
+def _has_huge_integer(body: bytes) -> bool:
+    try:
+        json.loads(body, parse_int=_exact_int)
+    except ValueError:
+        return True
     return False
 
 
@@ -43,7 +65,13 @@ def parse_json(body: bytes) -> Any:
         and _deeper_than(data, MAX_JSON_DEPTH)
     ):
         raise BrokerError(
-            "invalid_json", f"the request body nests deeper than {MAX_JSON_DEPTH} levels"
+            "invalid_json", f"the request body's JSON nests deeper than {MAX_JSON_DEPTH} levels"
+        )
+    if _LONG_DIGITS.search(body) is not None and _has_huge_integer(body):
+        raise BrokerError(
+            "invalid_json",
+            "the request body has a JSON integer outside the 64-bit range, which would lose "
+            "digits; send such numbers as strings",
         )
     return data
 

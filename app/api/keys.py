@@ -6,6 +6,7 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.convertors import Convertor, register_url_convertor
 
 from app.api.body import openapi_body, read_model
 from app.api.deps import JSON, etag, json_response, parse_etags, set_result, store_of
@@ -23,6 +24,23 @@ from app.schemas import (
     TouchResponse,
 )
 from app.store import Item, Precondition
+
+
+class _KeyConvertor(Convertor[str]):
+    """Starlette's `path` convertor is `.*` followed by `$`, and `$` also matches before a final
+    newline: `/v1/keys/a%0A` would address key "a". DOTALL captures the whole remainder, so such
+    a key reaches the name rules and is refused as invalid_key."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("key", _KeyConvertor())
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -67,7 +85,7 @@ async def list_keys(
 
 
 @router.put(
-    "/{key:path}",
+    "/{key:key}",
     name="keys.set",
     summary="Set a key (create, replace, create-only or compare-and-set)",
     status_code=200,
@@ -119,7 +137,7 @@ async def set_key(
 
 
 @router.get(
-    "/{key:path}",
+    "/{key:key}",
     name="keys.get",
     summary="Get a key's value",
     response_model=GetKeyResponse,
@@ -148,7 +166,7 @@ async def get_key(
 
 
 @router.delete(
-    "/{key:path}",
+    "/{key:key}",
     name="keys.delete",
     summary="Delete a key (idempotent)",
     response_model=DeleteResponse,
@@ -169,7 +187,7 @@ async def delete_key(
 
 
 @router.post(
-    "/{key:path}/incr",
+    "/{key:key}/incr",
     name="keys.incr",
     summary="Add to an integer value atomically (absent counts as 0)",
     response_model=IncrResponse,
@@ -185,7 +203,7 @@ async def incr_key(key: str, request: Request) -> Response:
 
 
 @router.post(
-    "/{key:path}/touch",
+    "/{key:key}/touch",
     name="keys.touch",
     summary="Restart a key's TTL; value and version stay",
     response_model=TouchResponse,

@@ -18,8 +18,8 @@ pairs outnumber live entries (amortised O(1) per write).
 
 from __future__ import annotations
 
-import heapq
 import zlib
+from heapq import heapify, heappop, heappush
 from typing import Final
 
 import orjson
@@ -112,7 +112,7 @@ class MemoryStore:
 
     def _push(self, key: str, entry: _Entry) -> None:
         entry.scheduled = entry.expires_at
-        heapq.heappush(self._heap, (entry.expires_at, key))
+        heappush(self._heap, (entry.expires_at, key))
         if len(self._heap) > 2 * len(self._items) + _HEAP_SLACK:
             self._rebuild_heap()
 
@@ -125,7 +125,7 @@ class MemoryStore:
         for entry in self._items.values():
             entry.scheduled = entry.expires_at
         self._heap = [(entry.expires_at, key) for key, entry in self._items.items()]
-        heapq.heapify(self._heap)
+        heapify(self._heap)
 
     def _encode(self, key: str, value: bytes) -> tuple[bytes, bool]:
         size = len(value)
@@ -212,7 +212,7 @@ class MemoryStore:
         heap = self._heap
         reclaimed = 0
         while heap and heap[0][0] <= now:
-            scheduled, key = heapq.heappop(heap)
+            scheduled, key = heappop(heap)
             entry = self._items.get(key)
             if entry is None or entry.scheduled != scheduled:
                 continue  # stale pair: the key is gone, or a newer pair is the live one
@@ -222,7 +222,7 @@ class MemoryStore:
             else:
                 # Its TTL was extended after this pair was pushed: look again at the real time.
                 entry.scheduled = entry.expires_at
-                heapq.heappush(heap, (entry.expires_at, key))
+                heappush(heap, (entry.expires_at, key))
         self._expired_total += reclaimed
         return reclaimed
 
@@ -341,6 +341,11 @@ class MemoryStore:
 
     async def sweep(self) -> int:
         return self._sweep(self.clock.now_ms())
+
+    @property
+    def resident_items(self) -> int:
+        """Entries held, due-but-unreclaimed ones included; unlike stats(), never sweeps."""
+        return len(self._items)
 
     @property
     def heap_size(self) -> int:
