@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 USAGE_CODES: Final = frozenset(
     {
         "invalid_json",
+        "bad_request",
         "invalid_key",
         "invalid_ttl",
         "ttl_required",

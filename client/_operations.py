@@ -144,16 +144,20 @@ def _wait_seconds(wait_ms: object) -> float:
     return wait_ms / 1000 if isinstance(wait_ms, int) and wait_ms > 0 else 0.0
 
 
+def _if_match(version: int) -> tuple[tuple[bytes, bytes], ...]:
+    return ((b"if-match", f'"{version}"'.encode()),)
+
+
 def _set_call(
     key: str, body: bytes, *, if_absent: bool = False, if_version: int | None = None
 ) -> Call[int]:
     if if_absent and if_version is not None:
         raise ValueError("if_absent and if_version exclude each other")
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[bytes, bytes], ...] = ()
     if if_absent:
-        headers = (("if-none-match", "*"),)
+        headers = ((b"if-none-match", b"*"),)
     elif if_version is not None:
-        headers = (("if-match", f'"{if_version}"'),)
+        headers = _if_match(if_version)
     return Call(
         "PUT",
         _key_target(key),
@@ -180,7 +184,7 @@ def _get_call(key: str, wait_ms: int | None, parse: Callable[[Reply], T]) -> Cal
 
 
 def _delete_call(key: str, if_version: int | None = None) -> Call[bool]:
-    headers = (("if-match", f'"{if_version}"'),) if if_version is not None else ()
+    headers = _if_match(if_version) if if_version is not None else ()
     return Call("DELETE", _key_target(key), _deleted, f"delete of key {show(key)}",
                 headers=headers)  # fmt: skip
 

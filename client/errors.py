@@ -86,7 +86,7 @@ class AuthFailed(BrokerError):
 class InvalidRequest(BrokerError):
     """The broker refused the request itself: a bad key, TTL, field or value type
     (`invalid_key`, `invalid_ttl`, `ttl_required`, `validation_error`, `invalid_json`,
-    `not_an_integer`, …)."""
+    `bad_request`, `not_an_integer`, …)."""
 
 
 class BrokerUnavailable(BrokerError):
@@ -114,6 +114,7 @@ _BY_CODE: Final[Mapping[str, type[BrokerError]]] = {
     "max_leases": StoreFull,
     "auth_failed": AuthFailed,
     "invalid_json": InvalidRequest,
+    "bad_request": InvalidRequest,
     "invalid_key": InvalidRequest,
     "invalid_ttl": InvalidRequest,
     "ttl_required": InvalidRequest,
