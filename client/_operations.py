@@ -173,7 +173,7 @@ def _set_call(
 
 def _set_body(key: str, value: Any, ttl_ms: int | None) -> bytes:
     payload = {"value": value} if ttl_ms is None else {"value": value, "ttl_ms": ttl_ms}
-    return encode_json(payload, key)
+    return encode_json(payload, f"the value for key {show(key)}")
 
 
 def _get_call(key: str, wait_ms: int | None, parse: Callable[[Reply], T]) -> Call[T]:
@@ -278,7 +278,7 @@ def incr(wire: Wire, key: str, by: int = 1, ttl_ms: int | None = None) -> Plan[i
         _key_target(key, "/incr"),
         _int_value,
         f"incr of key {show(key)}",
-        encode_json(payload, key, what="by"),
+        encode_json(payload, f"the incr of key {show(key)}"),
         idempotent=False,
     )
     return (yield from exchange(wire, call))
@@ -287,7 +287,7 @@ def incr(wire: Wire, key: str, by: int = 1, ttl_ms: int | None = None) -> Plan[i
 def touch(wire: Wire, key: str, ttl_ms: int) -> Plan[int]:
     """Restart the TTL of `key` (value and version stay); return its new `expires_at`
     (Unix epoch ms). Raises KeyNotFound when the key is missing."""
-    body = encode_json({"ttl_ms": ttl_ms}, key, what="ttl_ms")
+    body = encode_json({"ttl_ms": ttl_ms}, f"the touch of key {show(key)}")
     call = Call("POST", _key_target(key, "/touch"), _expires_at, f"touch of key {show(key)}",
                 body)  # fmt: skip
     return (yield from exchange(wire, call))
@@ -350,7 +350,7 @@ def acquire(
         f"/v1/leases/{quote_name(pool)}",
         _grant,
         f"lease in pool {show(pool)} for worker {show(worker)}",
-        encode_json(payload, pool, what="worker_id"),
+        encode_json(payload, f"the lease request for pool {show(pool)}"),
         # Asking again for the same worker returns the lease it already holds.
         idempotent=True,
         wait_s=_wait_seconds(wait_ms),
@@ -359,7 +359,11 @@ def acquire(
 
 
 def renew(wire: Wire, pool: str, worker_id: str, ttl_ms: int | None) -> Plan[LeaseGrant]:
-    body = b"{}" if ttl_ms is None else encode_json({"ttl_ms": ttl_ms}, pool, what="ttl_ms")
+    body = (
+        b"{}"
+        if ttl_ms is None
+        else (encode_json({"ttl_ms": ttl_ms}, f"the lease renewal for pool {show(pool)}"))
+    )
     call = Call(
         "POST",
         _lease_target(pool, worker_id, "/renew"),

@@ -147,9 +147,10 @@ def show(name: str, limit: int = 80) -> str:
     return repr(name if len(name) <= limit else name[:limit] + "…")
 
 
-def _non_finite_path(value: Any, path: str) -> str | None:
-    """Where a NaN or an infinity hides in `value` (orjson would silently write null)."""
-    stack: list[tuple[Any, str]] = [(value, path)]
+def _non_finite_path(payload: dict[str, Any]) -> str | None:
+    """Where a NaN or an infinity hides in a body (orjson would silently write null), as
+    `member[...]...`."""
+    stack: list[tuple[Any, str]] = [(child, name) for name, child in payload.items()]
     while stack:
         node, where = stack.pop()
         if isinstance(node, float):
@@ -162,25 +163,25 @@ def _non_finite_path(value: Any, path: str) -> str | None:
     return None
 
 
-def encode_json(payload: dict[str, Any], key: str, what: str = "value") -> bytes:
-    """Encode a request body whose `what` member is a caller's value, before any I/O.
+def encode_json(payload: dict[str, Any], subject: str) -> bytes:
+    """Encode a request body made of a caller's arguments, before any I/O.
 
-    Raises TypeError naming the key when the value is not JSON (seed defect #2): an
-    unsupported type, a circular or too-deep structure, a non-str dict key, an integer beyond
-    64 bits, a lone surrogate — and NaN or an infinity, which orjson would quietly turn into
-    null, so that what GET returns would differ from what was set.
+    Raises TypeError naming `subject` ("the value for key 'a'") when it is not JSON (seed
+    defect #2): an unsupported type, a circular or too-deep structure, a non-str dict key, an
+    integer beyond 64 bits, a lone surrogate — and NaN or an infinity, which orjson would
+    quietly turn into null, so that what GET returns would differ from what was set.
     """
     try:
         body = orjson.dumps(payload)
     except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
-        raise TypeError(f"the {what} for key {show(key)} cannot be encoded as JSON: {exc}") from exc
+        raise TypeError(f"{subject} cannot be encoded as JSON: {exc}") from exc
     # A non-finite float can only be there if "null" is; the walk runs only then.
     if b"null" in body:
-        where = _non_finite_path(payload.get(what), what)
+        where = _non_finite_path(payload)
         if where is not None:
             raise TypeError(
-                f"the {what} for key {show(key)} cannot be encoded as JSON: {where} is NaN or "
-                "infinite, which JSON cannot represent"
+                f"{subject} cannot be encoded as JSON: {where} is NaN or infinite, which JSON "
+                "cannot represent"
             )
     return body
 

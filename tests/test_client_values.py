@@ -59,8 +59,10 @@ def test_defect_02_nan_is_refused_not_silently_stored_as_null(
     b = clients.open(short_tmp / "never-used.sock", transport=transport)
     with pytest.raises(TypeError, match=r"value\['a'\]\[1\] is NaN or infinite"):
         b.set("k", {"a": [None, math.nan]}, 1000)
-    with pytest.raises(TypeError, match="key 'k'"):
+    with pytest.raises(TypeError, match=r"the incr of key 'k' .* by is NaN or infinite"):
         b.incr("k", math.inf)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"the lease request for pool 'p' .* object"):
+        b.lease("p", "w", ttl_ms=object())  # type: ignore[arg-type]
     assert transport.requests == []
 
 
