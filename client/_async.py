@@ -8,7 +8,7 @@ import inspect
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -21,25 +21,11 @@ from client._protocol import (
     Reply,
     RunFactory,
     Sleep,
-    Wire,
-    resolve_wire,
 )
-from client._shared import LeaseBase, method_signature
+from client._shared import ClientBase, LeaseBase
 from client.models import LeaseGrant
 
-P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def _bind(
-    op: Callable[Concatenate[Wire, P], Plan[T]],
-) -> Callable[Concatenate[AsyncBrokerClient, P], Coroutine[Any, Any, T]]:
-    @functools.wraps(op)
-    async def method(self: AsyncBrokerClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self._run(op(self._wire, *args, **kwargs))
-
-    method.__signature__ = method_signature(op)  # type: ignore[attr-defined]
-    return method
 
 
 class _Keeper:
@@ -71,7 +57,7 @@ class _Keeper:
         await asyncio.wait([self._task])
 
 
-class AsyncBrokerClient:
+class AsyncBrokerClient(ClientBase):
     """An asyncio client of the broker on a Unix socket, with the methods of `BrokerClient`
     as coroutines.
 
@@ -94,28 +80,10 @@ class AsyncBrokerClient:
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._wire = resolve_wire(socket, secret, timeout)
+        super().__init__(socket, secret, timeout)
         self._keepers: set[_Keeper] = set()
-        self._closed = False
         self._transport = transport or httpx.AsyncHTTPTransport(
             uds=self._wire.socket, limits=POOL_LIMITS
-        )
-
-    @property
-    def socket(self) -> str:
-        """The broker's socket path."""
-        return self._wire.socket
-
-    @property
-    def timeout(self) -> float:
-        """Seconds one call may take, all retries included."""
-        return self._wire.timeout
-
-    def __repr__(self) -> str:
-        auth = "signed" if self._wire.secret else "unsigned"
-        return (
-            f"<AsyncBrokerClient socket={self._wire.socket!r} {auth} "
-            f"timeout={self._wire.timeout:g}>"
         )
 
     # ---- execution ---------------------------------------------------------------------------
@@ -164,21 +132,15 @@ class AsyncBrokerClient:
         finally:
             await keeper.stop()
 
-    # ---- operations --------------------------------------------------------------------------
+    # ---- operations (the methods made from plans are declared in ClientBase) -------------
 
-    set = _bind(ops.set)
-    get = _bind(ops.get)
-    get_item = _bind(ops.get_item)
-    delete = _bind(ops.delete)
-    list = _bind(ops.list)
-    incr = _bind(ops.incr)
-    touch = _bind(ops.touch)
-    release = _bind(ops.release)
-    release_all = _bind(ops.release_all)
-    ping = _bind(ops.ping)
-    health = _bind(ops.health)
-    stats = _bind(ops.stats)
-    metrics = _bind(ops.metrics)
+    @staticmethod
+    def _method_from(op: Callable[..., Plan[Any]]) -> Callable[..., Any]:
+        @functools.wraps(op)
+        async def method(self: AsyncBrokerClient, /, *args: Any, **kwargs: Any) -> Any:
+            return await self._run(op(self._wire, *args, **kwargs))
+
+        return method
 
     def lease(
         self,

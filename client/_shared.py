@@ -1,16 +1,26 @@
-"""What the sync and async clients share beyond the operations: method signatures taken from
-the operations, and the state and read-only face of a lease."""
+"""What the sync and async clients share beyond the operations: the one list of methods made
+from the operations, the state common to both clients, and the read-only face of a lease."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import Any
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Coroutine
+from types import MethodType
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from client import _operations as ops
-from client._protocol import Plan, Wire
+from client._protocol import Plan, Wire, resolve_wire
 from client.errors import BrokerError
 from client.models import LeaseGrant
+
+if TYPE_CHECKING:
+    from client._async import AsyncBrokerClient
+    from client._sync import BrokerClient
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def method_signature(op: Callable[..., Any]) -> inspect.Signature:
@@ -23,6 +33,85 @@ def method_signature(op: Callable[..., Any]) -> inspect.Signature:
         returns = returns[len("Plan[") : -1]
     self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
     return signature.replace(parameters=[self_param, *params[1:]], return_annotation=returns)
+
+
+class Operation(Generic[P, T]):
+    """A client method made from an operation of `client._operations`, declared once for both
+    clients: on a `BrokerClient` it is a blocking method returning T, on an
+    `AsyncBrokerClient` a coroutine method. Each client class turns the operation into its
+    kind of function once (`_method_from`); an instance gets it bound like any method."""
+
+    def __init__(self, op: Callable[Concatenate[Wire, P], Plan[T]]) -> None:
+        self.op = op
+        self.name = op.__name__
+        self._functions: dict[type, Callable[..., Any]] = {}
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any]) -> Operation[P, T]: ...
+    @overload
+    def __get__(self, instance: BrokerClient, owner: type[Any] | None = None) -> Callable[P, T]: ...
+    @overload
+    def __get__(
+        self, instance: AsyncBrokerClient, owner: type[Any] | None = None
+    ) -> Callable[P, Coroutine[Any, Any, T]]: ...
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
+        cls = owner if owner is not None else type(instance)
+        function = self._functions.get(cls)
+        if function is None:
+            function = cls._method_from(self.op)
+            function.__signature__ = method_signature(self.op)
+            function.__qualname__ = f"{cls.__qualname__}.{self.name}"
+            self._functions[cls] = function
+        return function if instance is None else MethodType(function, instance)
+
+
+class ClientBase(ABC):
+    """The state and the methods both clients have; subclasses execute the plans."""
+
+    def __init__(
+        self, socket: str | os.PathLike[str] | None, secret: str | None, timeout: float
+    ) -> None:
+        self._wire = resolve_wire(socket, secret, timeout)
+        self._closed = False
+
+    @property
+    def socket(self) -> str:
+        """The broker's socket path."""
+        return self._wire.socket
+
+    @property
+    def timeout(self) -> float:
+        """Seconds one call may take, all retries included."""
+        return self._wire.timeout
+
+    def __repr__(self) -> str:
+        auth = "signed" if self._wire.secret else "unsigned"
+        return (
+            f"<{type(self).__name__} socket={self._wire.socket!r} {auth} "
+            f"timeout={self._wire.timeout:g}>"
+        )
+
+    @staticmethod
+    @abstractmethod
+    def _method_from(op: Callable[..., Plan[Any]]) -> Callable[..., Any]:
+        """The client's kind of method (blocking or coroutine) that executes `op`'s plan."""
+
+    set = Operation(ops.set)
+    get = Operation(ops.get)
+    get_item = Operation(ops.get_item)
+    delete = Operation(ops.delete)
+    list = Operation(ops.list)
+    incr = Operation(ops.incr)
+    touch = Operation(ops.touch)
+    release = Operation(ops.release)
+    release_all = Operation(ops.release_all)
+    ping = Operation(ops.ping)
+    health = Operation(ops.health)
+    stats = Operation(ops.stats)
+    metrics = Operation(ops.metrics)
 
 
 class LeaseBase:

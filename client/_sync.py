@@ -9,7 +9,7 @@ import time
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
@@ -22,23 +22,11 @@ from client._protocol import (
     Reply,
     RunFactory,
     Sleep,
-    Wire,
-    resolve_wire,
 )
-from client._shared import LeaseBase, method_signature
+from client._shared import ClientBase, LeaseBase
 from client.models import LeaseGrant
 
-P = ParamSpec("P")
 T = TypeVar("T")
-
-
-def _bind(op: Callable[Concatenate[Wire, P], Plan[T]]) -> Callable[Concatenate[BrokerClient, P], T]:
-    @functools.wraps(op)
-    def method(self: BrokerClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return self._run(op(self._wire, *args, **kwargs))
-
-    method.__signature__ = method_signature(op)  # type: ignore[attr-defined]
-    return method
 
 
 class _Keeper:
@@ -82,7 +70,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-class BrokerClient:
+class BrokerClient(ClientBase):
     """A blocking client of the broker on a Unix socket; thread-safe.
 
     Args:
@@ -106,9 +94,8 @@ class BrokerClient:
         timeout: float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._wire = resolve_wire(socket, secret, timeout)
+        super().__init__(socket, secret, timeout)
         self._keepers: set[_Keeper] = set()
-        self._closed = False
         if transport is None:
             self._transport: httpx.BaseTransport = self._new_transport()
             _OWN_TRANSPORT.add(self)
@@ -117,20 +104,6 @@ class BrokerClient:
 
     def _new_transport(self) -> httpx.BaseTransport:
         return httpx.HTTPTransport(uds=self._wire.socket, limits=POOL_LIMITS)
-
-    @property
-    def socket(self) -> str:
-        """The broker's socket path."""
-        return self._wire.socket
-
-    @property
-    def timeout(self) -> float:
-        """Seconds one call may take, all retries included."""
-        return self._wire.timeout
-
-    def __repr__(self) -> str:
-        auth = "signed" if self._wire.secret else "unsigned"
-        return f"<BrokerClient socket={self._wire.socket!r} {auth} timeout={self._wire.timeout:g}>"
 
     # ---- execution ---------------------------------------------------------------------------
 
@@ -175,21 +148,15 @@ class BrokerClient:
         finally:
             keeper.stop()
 
-    # ---- operations --------------------------------------------------------------------------
+    # ---- operations (the methods made from plans are declared in ClientBase) -------------
 
-    set = _bind(ops.set)
-    get = _bind(ops.get)
-    get_item = _bind(ops.get_item)
-    delete = _bind(ops.delete)
-    list = _bind(ops.list)
-    incr = _bind(ops.incr)
-    touch = _bind(ops.touch)
-    release = _bind(ops.release)
-    release_all = _bind(ops.release_all)
-    ping = _bind(ops.ping)
-    health = _bind(ops.health)
-    stats = _bind(ops.stats)
-    metrics = _bind(ops.metrics)
+    @staticmethod
+    def _method_from(op: Callable[..., Plan[Any]]) -> Callable[..., Any]:
+        @functools.wraps(op)
+        def method(self: BrokerClient, /, *args: Any, **kwargs: Any) -> Any:
+            return self._run(op(self._wire, *args, **kwargs))
+
+        return method
 
     def lease(
         self,

@@ -113,11 +113,26 @@ class Clients:
         self.runner.close()
 
 
-@pytest.fixture(params=["sync", "async"])
+KINDS = ("sync", "async")
+
+
+@pytest.fixture(params=KINDS)
 def clients(request: pytest.FixtureRequest) -> Iterator[Clients]:
     opened = Clients(request.param)
     yield opened
     opened.close()
+
+
+@contextlib.contextmanager
+def each_kind() -> Iterator[Iterator[Clients]]:
+    """For tests that need a broker of their own: both kinds of client against one broker,
+    instead of starting a broker per kind."""
+    opened = [Clients(kind) for kind in KINDS]
+    try:
+        yield iter(opened)
+    finally:
+        for clients_of_kind in opened:
+            clients_of_kind.close()
 
 
 # ---- transports that watch -----------------------------------------------------------------

@@ -62,8 +62,6 @@ def test_set_and_get_print_for_pipelines(shared_broker: BrokerProcess, ns: str) 
     ok(cli("set", ns + "cfg", '{"a": [1, 2.5, null]}', "--json-value", "--ttl", "60000",
            socket=sock))  # fmt: skip
     assert ok(cli("get", ns + "cfg", socket=sock)) == '{"a":[1,2.5,null]}\n'
-    ok(cli("set", ns + "num", "42", "--json-value", "--ttl", "60000", socket=sock))
-    assert ok(cli("get", ns + "num", socket=sock)) == "42\n"
     ok(cli("set", ns + "quoted", '"a string"', "--json-value", "--ttl", "60000", socket=sock))
     assert ok(cli("get", ns + "quoted", socket=sock)) == "a string\n"  # a string prints raw
     whole = orjson.loads(ok(cli("get", ns + "cfg", "--json", socket=sock)))
@@ -97,17 +95,13 @@ def test_usage_errors_exit_2(shared_broker: BrokerProcess, ns: str) -> None:
     failed(cli("set", "bad key", "v", "--ttl", "1000", socket=sock), 2, "invalid_key",
            "'bad key'")  # fmt: skip
     failed(cli("set", ns + "k", "v", socket=sock), 2, "ttl_required", f"'{ns}k'")
-    failed(cli("set", ns + "k", "v", "--ttl", "0", socket=sock), 2, "invalid_ttl")
-    failed(cli("set", ns + "k", "{nope", "--json-value", "--ttl", "1", socket=sock), 2,
-           "not valid JSON", f"'{ns}k'")  # fmt: skip
     failed(cli("set", ns + "k", "NaN", "--json-value", "--ttl", "1", socket=sock), 2,
-           "not valid JSON")  # fmt: skip
+           "not valid JSON", f"'{ns}k'")  # fmt: skip
     failed(cli("release", socket=sock), 2, "needs a POOL")
     failed(cli("release", "pool", "--all", socket=sock), 2, "takes no POOL")
     # argparse's own usage errors keep exit code 2.
     assert cli("get", socket=sock).returncode == 2
     assert cli("get", "k", "--timeout", "-1", socket=sock).returncode == 2
-    assert cli("get", ns + "k", "--wait", "soon", socket=sock).returncode == 2
 
 
 def test_unreachable_exits_3_and_no_socket_exits_2(short_tmp: Path) -> None:
@@ -129,10 +123,10 @@ def test_socket_flag_wins_over_the_environment(shared_broker: BrokerProcess) -> 
 
 def test_del_list_incr(shared_broker: BrokerProcess, ns: str) -> None:
     sock = shared_broker.socket
-    for key in ("b", "a", "c"):
-        ok(cli("set", ns + key, key, "--ttl", "60000", socket=sock))
+    with BrokerClient(sock) as broker:
+        for key in ("b", "a", "c"):
+            broker.set(ns + key, key, 60_000)
     assert ok(cli("list", "--prefix", ns, socket=sock)) == f"{ns}a\n{ns}b\n{ns}c\n"
-    assert ok(cli("list", "--prefix", ns + "zzz", socket=sock)) == ""
     listed = orjson.loads(ok(cli("list", "--prefix", ns, "--json", socket=sock)))
     assert [entry["key"] for entry in listed] == [ns + "a", ns + "b", ns + "c"]
     assert set(listed[0]) == {"key", "version", "expires_at", "size"}

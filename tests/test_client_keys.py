@@ -27,7 +27,7 @@ from client import (
     StoreFull,
     TooLarge,
 )
-from tests.client_helpers import Clients, clients, ns, shared_broker
+from tests.client_helpers import Clients, clients, each_kind, ns, shared_broker
 from tests.conftest import BrokerFactory, BrokerProcess
 
 __all__ = ["clients", "ns", "shared_broker"]  # fixtures the tests below use
@@ -168,16 +168,19 @@ def test_system_methods(shared_broker: BrokerProcess, clients: Clients, ns: str)
     assert "ephemeral_broker_items " in b.metrics()
 
 
-def test_too_large_and_store_full(start_broker: BrokerFactory, clients: Clients) -> None:
+def test_too_large_and_store_full(start_broker: BrokerFactory) -> None:
     broker = start_broker("--max-value-size", "64", "--max-items", "1")
-    b = clients.open(broker.socket)
-    with pytest.raises(TooLarge) as too_large:
-        b.set("big", "x" * 100, TTL)
-    assert (too_large.value.code, too_large.value.status) == ("too_large", 413)
-    b.set("one", 1, TTL)
-    with pytest.raises(StoreFull) as full:
-        b.set("two", 2, TTL)
-    assert (full.value.code, full.value.status) == ("max_items", 507)
+    with each_kind() as kinds:
+        for clients_of_kind in kinds:
+            b = clients_of_kind.open(broker.socket)
+            with pytest.raises(TooLarge) as too_large:
+                b.set("big", "x" * 100, TTL)
+            assert (too_large.value.code, too_large.value.status) == ("too_large", 413)
+            b.set("one", 1, TTL)
+            with pytest.raises(StoreFull) as full:
+                b.set("two", 2, TTL)
+            assert (full.value.code, full.value.status) == ("max_items", 507)
+            assert b.delete("one")
 
 
 def test_unavailable_when_there_is_no_socket_or_nobody_listens(
