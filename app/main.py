@@ -15,20 +15,34 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
-from app.api import keys, system
+from app.api import keys, leases, system
 from app.clock import Clock, SystemClock
 from app.errors import PROBLEM_CONTENT_TYPE, BrokerError, problem_body
 from app.logs import logger
 from app.metrics import BrokerMetrics
 from app.middleware import BodyLimitMiddleware, BrokerMiddleware
 from app.runtime import Runtime
-from app.schemas import IncrRequest, ProblemDetail, SetKeyRequest, TouchRequest
+from app.schemas import (
+    AcquireLeaseRequest,
+    IncrRequest,
+    ProblemDetail,
+    RenewLeaseRequest,
+    SetKeyRequest,
+    TouchRequest,
+)
 from app.settings import BrokerSettings
 from app.store import MemoryStore, Store, StoreLimits
 
-ROUTERS: tuple[APIRouter, ...] = (keys.router, system.router)
+ROUTERS: tuple[APIRouter, ...] = (keys.router, leases.router, system.router)
 # Models routes parse themselves (see app/api/body.py): added to the OpenAPI components.
-_BODY_MODELS = (SetKeyRequest, IncrRequest, TouchRequest, ProblemDetail)
+_BODY_MODELS = (
+    SetKeyRequest,
+    IncrRequest,
+    TouchRequest,
+    AcquireLeaseRequest,
+    RenewLeaseRequest,
+    ProblemDetail,
+)
 
 
 def problem_response(request: Request, error: BrokerError) -> Response:

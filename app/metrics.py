@@ -57,6 +57,7 @@ class _StateCollector(Collector):
             return
         store = snap.store
         yield _gauge("items", "Live keys.", store.items)
+        yield _gauge("leases", "Live leases, all pools together.", store.leases)
         yield _gauge("capacity_max", "max_items setting; 0 means unlimited.", store.max_items)
         utilization = store.items / store.max_items if store.max_items else 0.0
         yield _gauge("capacity_utilization", "items / max_items (0 when unlimited).", utilization)
@@ -71,6 +72,7 @@ class _StateCollector(Collector):
             f"{PREFIX}_expired", "Entries reclaimed after their TTL.", labels=["type"]
         )
         expired.add_metric(["items"], store.expired_items_total)
+        expired.add_metric(["leases"], store.expired_leases_total)
         yield expired
         compression = CounterMetricFamily(
             f"{PREFIX}_compression_bytes",

@@ -71,3 +71,22 @@ def resolve_ttl(
             "invalid_ttl", f"ttl_ms of {subject} is {ttl_ms}, above max_ttl of {max_ms} ms"
         )
     return ttl_ms
+
+
+# Bounds of the lease `size` and of every wait (`wait_ms` of a lease or a waiting GET).
+MAX_POOL_SIZE: Final = 1_000_000
+MAX_WAIT_MS: Final = 300_000
+
+
+def check_wait_ms(wait_ms: int, what: str, name: str) -> None:
+    """Raise `validation_error` unless `wait_ms` is an integer in 0..MAX_WAIT_MS.
+
+    `what` and `name` make the sentence ("the lease in pool", "accounts"); it is only built
+    when the check fails.
+    """
+    if type(wait_ms) is not int or not 0 <= wait_ms <= MAX_WAIT_MS:
+        raise BrokerError(
+            "validation_error",
+            f"wait_ms of {what} {quote_name(name)} is {wait_ms!r}; it must be an integer from 0 "
+            f"to {MAX_WAIT_MS}",
+        )

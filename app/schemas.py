@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from app.rules import MAX_POOL_SIZE, MAX_WAIT_MS
 
 
 class _Request(BaseModel):
@@ -117,6 +119,8 @@ class HealthResponse(BaseModel):
 
 class StatsResponse(BaseModel):
     items: int
+    leases: int = Field(description="Live leases, all pools together.")
+    pools: int = Field(description="Pools with at least one live lease or waiter.")
     approx_store_bytes: int = Field(
         description="Key and stored value bytes (compressed size when compressed) plus a fixed "
         "per-entry overhead estimate; an approximation, not an RSS reading."
@@ -142,3 +146,84 @@ class ProblemDetail(BaseModel):
     errors: list[dict[str, Any]] | None = Field(
         default=None, description="Field-level problems, for validation errors."
     )
+
+
+# ---- leases ---------------------------------------------------------------------------------
+
+
+class AcquireLeaseRequest(_Request):
+    worker_id: StrictStr = Field(
+        description="Who holds the lease: a name of 1..max_key_length bytes (no '/', whitespace "
+        "or control characters). Asking again with the same worker_id renews its lease.",
+        examples=["gw3"],
+    )
+    ttl_ms: StrictInt | None = Field(
+        default=None,
+        description="Milliseconds until the lease expires unless renewed: 1..max_ttl; default "
+        "lease_ttl. 0 or a negative number is refused.",
+        examples=[60000],
+    )
+    size: StrictInt | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_POOL_SIZE,
+        description="Grant only values below this (a pool of this many slots). Without it the "
+        "pool is unbounded and a grant never waits.",
+        examples=[8],
+    )
+    wait_ms: StrictInt = Field(
+        default=0,
+        ge=0,
+        le=MAX_WAIT_MS,
+        description="With `size`: when no value below it is free, wait this long (first come, "
+        "first served) before answering 409 pool_exhausted. 0 answers at once.",
+        examples=[30000],
+    )
+
+
+class RenewLeaseRequest(_Request):
+    ttl_ms: StrictInt | None = Field(
+        default=None,
+        description="New TTL in milliseconds, counted from now: 1..max_ttl; default lease_ttl.",
+        examples=[60000],
+    )
+
+
+class LeaseResponse(BaseModel):
+    pool: str = Field(examples=["test-accounts"])
+    worker_id: str = Field(examples=["gw3"])
+    value: int = Field(
+        description="The lowest non-negative integer no other live lease of the pool holds.",
+        examples=[3],
+    )
+    token: int = Field(
+        description="Fencing token: a broker-wide counter that grows with every grant; a "
+        "renewal keeps it.",
+        examples=[117],
+    )
+    expires_at: int = Field(description="Unix epoch milliseconds.", examples=[1767225600000])
+    ttl_ms: int = Field(examples=[60000])
+
+
+class ReleaseResponse(BaseModel):
+    released: bool = Field(description="False when the worker held no lease in the pool.")
+
+
+class ReleaseAllResponse(BaseModel):
+    released: int = Field(description="How many leases of the worker were released.")
+
+
+class LeaseInfoModel(BaseModel):
+    worker_id: str = Field(examples=["gw3"])
+    value: int = Field(examples=[3])
+    token: int = Field(examples=[117])
+    expires_at: int = Field(examples=[1767225600000])
+
+
+class PoolLeasesResponse(BaseModel):
+    pool: str = Field(examples=["test-accounts"])
+    leases: list[LeaseInfoModel] = Field(description="Live leases, sorted by value.")
+
+
+class PoolListResponse(BaseModel):
+    pools: list[PoolLeasesResponse] = Field(description="Pools with live leases, sorted by name.")

@@ -19,12 +19,14 @@ import httpx
 WORKERS = 4
 BROKER = str(Path(sys.executable).parent / "ephemeral-broker")
 
-WORKER_CODE = """
-import os, httpx
+WORKER_CODE = r"""
+import os, sys, httpx
 client = httpx.Client(transport=httpx.HTTPTransport(uds=os.environ["EPHEMERAL_PIPE"]),
                       base_url="http://localhost")
 token = client.get("/v1/keys/demo-token").json()["value"]
-print(f"worker {os.environ['WORKER']} (pid {os.getpid()}) read token {token}", flush=True)
+# One write per line: print() writes text and newline apart, and workers share stdout.
+sys.stdout.write(f"worker {os.environ['WORKER']} (pid {os.getpid()}) read token {token}\n")
+sys.stdout.flush()
 """
 
 

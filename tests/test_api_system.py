@@ -147,7 +147,7 @@ async def test_defect_22_keys_never_become_label_values(api: httpx.AsyncClient) 
     labels = {v for f in parsed for s in f.samples for k, v in s.labels.items() if k != "le"}
     assert labels <= {
         "keys.set", "keys.get", "system.metrics", "created", "replaced", "hit", "ok",
-        "invalid_ttl", "items", "before", "after", "true", "false", __version__,
+        "invalid_ttl", "items", "leases", "before", "after", "true", "false", __version__,
     }  # fmt: skip
 
 

@@ -6,12 +6,22 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
-from starlette.convertors import Convertor, register_url_convertor
 
+from app.api import paths  # noqa: F401  (registers the `name` path convertor)
 from app.api.body import openapi_body, read_model
-from app.api.deps import JSON, etag, json_response, parse_etags, set_result, store_of
+from app.api.deps import (
+    JSON,
+    etag,
+    json_response,
+    parse_etags,
+    runtime_of,
+    set_result,
+    store_of,
+)
 from app.api.responses import COMMON, WITH_BODY, problems
+from app.api.waits import unless_draining
 from app.errors import BrokerError, quote_name
+from app.rules import MAX_WAIT_MS
 from app.schemas import (
     DeleteResponse,
     GetKeyResponse,
@@ -25,26 +35,10 @@ from app.schemas import (
 )
 from app.store import Item, Precondition
 
-
-class _KeyConvertor(Convertor[str]):
-    """Starlette's `path` convertor is `.*` followed by `$`, and `$` also matches before a final
-    newline: `/v1/keys/a%0A` would address key "a". DOTALL captures the whole remainder, so such
-    a key reaches the name rules and is refused as invalid_key."""
-
-    regex = "(?s:.*)"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
-
-
-register_url_convertor("key", _KeyConvertor())
-
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 MAX_LIST_LIMIT = 10_000
+MAX_VERSION = 2**63 - 1
 
 
 def item_body(item: Item) -> bytes:
@@ -85,7 +79,7 @@ async def list_keys(
 
 
 @router.put(
-    "/{key:key}",
+    "/{key:name}",
     name="keys.set",
     summary="Set a key (create, replace, create-only or compare-and-set)",
     status_code=200,
@@ -137,36 +131,74 @@ async def set_key(
 
 
 @router.get(
-    "/{key:key}",
+    "/{key:name}",
     name="keys.get",
-    summary="Get a key's value",
+    summary="Get a key's value; optionally wait for it to appear or to change",
     response_model=GetKeyResponse,
     responses={
-        304: {"description": "If-None-Match holds the current version: not modified"},
+        304: {
+            "description": "Not modified: the key is still at `after_version` (or older) when "
+            "the wait ends, or If-None-Match holds its current version"
+        },
         **problems(*COMMON, "invalid_key", "not_found", "validation_error"),
     },
 )
 async def get_key(
     key: str,
     request: Request,
+    wait_ms: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=MAX_WAIT_MS,
+            description="Wait up to this long for the key to appear (or, with after_version, to "
+            "change); the answer comes as soon as it is written.",
+        ),
+    ] = None,
+    after_version: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=MAX_VERSION,
+            description="Answer only with a version newer than this: a watch. 304 when none "
+            "came before the wait ended.",
+        ),
+    ] = None,
     if_none_match: Annotated[
         str | None, Header(description='`"<version>"`: answer 304 if the key is still at it.')
     ] = None,
 ) -> Response:
-    item = await store_of(request).get(key)
+    condition = parse_etags(if_none_match, "If-None-Match")
+    store = store_of(request)
+    if wait_ms:
+        item = await unless_draining(
+            runtime_of(request),
+            store.wait_for(key, wait_ms, after_version),
+            f"the wait for key {quote_name(key)}",
+        )
+    else:
+        item = await store.get(key)
     if item is None:
         set_result(request, "miss")
+        if wait_ms:
+            raise BrokerError(
+                "not_found",
+                f"key {quote_name(key)} does not exist or has expired (waited wait_ms of "
+                f"{wait_ms} ms for it)",
+            )
         raise not_found(key)
-    set_result(request, "hit")
     headers = {"ETag": etag(item.version)}
-    condition = parse_etags(if_none_match, "If-None-Match")
+    if after_version is not None and item.version <= after_version:
+        set_result(request, "not_modified")
+        return Response(status_code=304, headers=headers)
+    set_result(request, "hit")
     if condition is not None and (condition == "*" or item.version in condition):
         return Response(status_code=304, headers=headers)
     return Response(item_body(item), 200, headers, media_type=JSON)
 
 
 @router.delete(
-    "/{key:key}",
+    "/{key:name}",
     name="keys.delete",
     summary="Delete a key (idempotent)",
     response_model=DeleteResponse,
@@ -187,7 +219,7 @@ async def delete_key(
 
 
 @router.post(
-    "/{key:key}/incr",
+    "/{key:name}/incr",
     name="keys.incr",
     summary="Add to an integer value atomically (absent counts as 0)",
     response_model=IncrResponse,
@@ -203,7 +235,7 @@ async def incr_key(key: str, request: Request) -> Response:
 
 
 @router.post(
-    "/{key:key}/touch",
+    "/{key:name}/touch",
     name="keys.touch",
     summary="Restart a key's TTL; value and version stay",
     response_model=TouchResponse,

@@ -95,6 +95,8 @@ async def stats(request: Request) -> Response:
     return json_response(
         {
             "items": store_stats.items,
+            "leases": store_stats.leases,
+            "pools": store_stats.pools,
             "approx_store_bytes": store_stats.approx_store_bytes,
             "uptime_ms": runtime.uptime_ms(),
             "requests_total": runtime.requests_total,

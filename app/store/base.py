@@ -8,6 +8,7 @@ Stores raise `app.errors.BrokerError` for every refusal.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -38,6 +39,9 @@ class StoreLimits:
     require_ttl: bool
     compression_threshold: int
     refresh_ttl_on_get: bool
+    # Defaults so that limits built by hand (tests, benchmarks) need not name the lease ones.
+    max_leases: int = 10_000
+    lease_ttl: int = 60_000
 
     @classmethod
     def from_settings(cls, settings: BrokerSettings) -> StoreLimits:
@@ -50,6 +54,8 @@ class StoreLimits:
             require_ttl=settings.require_ttl,
             compression_threshold=settings.compression_threshold,
             refresh_ttl_on_get=settings.refresh_ttl_on_get,
+            max_leases=settings.max_leases,
+            lease_ttl=settings.lease_ttl,
         )
 
 
@@ -93,6 +99,37 @@ class StoreStats:
     compression_bytes_after_total: int
     values_stored_compressed_total: int
     values_stored_uncompressed_total: int
+    leases: int = 0
+    pools: int = 0
+    max_leases: int = 0
+    expired_leases_total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseGrant:
+    """A lease as granted or renewed; `created` is False for a renewal."""
+
+    pool: str
+    worker_id: str
+    value: int
+    token: int
+    expires_at: int
+    ttl_ms: int
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    worker_id: str
+    value: int
+    token: int
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLeases:
+    pool: str
+    leases: list[LeaseInfo]  # sorted by value
 
 
 class Store(Protocol):
@@ -110,6 +147,15 @@ class Store(Protocol):
         """The live item, or None when absent or expired. O(1)."""
         ...
 
+    async def wait_for(
+        self, key: str, wait_ms: int, after_version: int | None = None
+    ) -> Item | None:
+        """Wait up to `wait_ms` for `key` to be live (and, with `after_version`, at a newer
+        version); returns what is there when that happens or the time is up: None when absent,
+        or an item that is not newer. Waiters cost nothing while they wait (no polling), and
+        one write wakes every waiter of its key. Cancelling the call leaves nothing behind."""
+        ...
+
     async def delete(self, key: str, precondition: Precondition = NO_PRECONDITION) -> bool:
         """Remove `key`; False when it was not there. O(log n)."""
         ...
@@ -124,6 +170,44 @@ class Store(Protocol):
 
     async def touch(self, key: str, ttl_ms: int) -> ItemMeta:
         """Restart the TTL of a live key; value and version stay. O(log n)."""
+        ...
+
+    async def acquire_lease(
+        self,
+        pool: str,
+        worker_id: str,
+        ttl_ms: int | None,
+        size: int | None = None,
+        wait_ms: int = 0,
+    ) -> LeaseGrant:
+        """Grant `worker_id` the lowest value of `pool` no live lease holds (below `size` if
+        given), or renew the lease it already holds there (same value and token). When no value
+        below `size` is free, wait up to `wait_ms`, first come first served, then raise
+        `pool_exhausted`. Cancelling a wait leaves no waiter and no lease behind.
+        O(log n) in the pool's holders."""
+        ...
+
+    async def renew_lease(self, pool: str, worker_id: str, ttl_ms: int | None) -> LeaseGrant:
+        """Restart the TTL of the lease `worker_id` holds in `pool`; `lease_not_found` when it
+        holds none (expired or released). O(log n)."""
+        ...
+
+    async def release_lease(self, pool: str, worker_id: str, token: int | None = None) -> bool:
+        """End the lease of `worker_id` in `pool`; False when it held none. With `token`, only
+        the lease with that fencing token is released (`precondition_failed` otherwise).
+        O(log n)."""
+        ...
+
+    async def release_worker(self, worker_id: str) -> int:
+        """End every lease `worker_id` holds, in all pools; returns how many. O(k log n)."""
+        ...
+
+    async def list_pools(self) -> builtins.list[PoolLeases]:
+        """Every pool with live leases, sorted by name, each sorted by value."""
+        ...
+
+    async def list_pool(self, pool: str) -> PoolLeases:
+        """The live leases of one pool, sorted by value (none for an unknown pool)."""
         ...
 
     async def stats(self) -> StoreStats:

@@ -5,6 +5,10 @@ Costs (n = live keys):
   heap and the sorted index.
 - list by prefix: O(log n + k) through `SortedKeys`, never a scan of the store.
 - sweep: O(1) when nothing is due (one look at the heap's top), else O(expired · log n).
+- leases: see app/store/leases.py; the store owns one `LeaseTable` on the same clock, and its
+  sweep reclaims expired leases too.
+- waiting reads: see app/store/watch.py; every write of a value (set, incr) wakes the key's
+  waiters. A delete or an expiry wakes nobody: it brings no value a waiter could return.
 
 The expiry heap holds `(scheduled_ms, key)` pairs. A key's TTL can move both ways (touch,
 overwrite, sliding expiry on read), and rewriting heap entries in place is O(n), so instead:
@@ -18,6 +22,8 @@ pairs outnumber live entries (amortised O(1) per write).
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 import zlib
 from heapq import heapify, heappop, heappush
 from typing import Final
@@ -26,19 +32,23 @@ import orjson
 
 from app.clock import Clock, SystemClock
 from app.errors import BrokerError, quote_name
-from app.rules import check_name, resolve_ttl
+from app.rules import check_name, check_wait_ms, resolve_ttl
 from app.store.base import (
     NO_PRECONDITION,
     Item,
     ItemMeta,
     KeyInfo,
+    LeaseGrant,
+    PoolLeases,
     Precondition,
     SetResult,
     StoreLimits,
     StoreStats,
     VersionMatch,
 )
+from app.store.leases import LeaseTable
 from app.store.sortedkeys import SortedKeys
+from app.store.watch import KeyWatchers
 
 # zlib level 1: most of the ratio on JSON-like text at a fraction of level 6's CPU.
 _ZLIB_LEVEL: Final = 1
@@ -89,6 +99,8 @@ class MemoryStore:
         self._compress_after = 0
         self._stored_compressed = 0
         self._stored_plain = 0
+        self._watchers = KeyWatchers()
+        self._leases = LeaseTable(limits, self.clock)
 
     # ---- helpers -----------------------------------------------------------------------
 
@@ -182,6 +194,8 @@ class MemoryStore:
             self._index.add(key)
             self._stored_bytes += self._footprint(key, entry)
             self._push(key, entry)
+            if self._watchers:
+                self._watchers.notify(key)
             return entry, True
         self._stored_bytes -= self._footprint(key, entry)
         entry.data = data
@@ -192,6 +206,8 @@ class MemoryStore:
         entry.ttl_ms = ttl
         self._stored_bytes += self._footprint(key, entry)
         self._schedule(key, entry)
+        if self._watchers:
+            self._watchers.notify(key)
         return entry, False
 
     @staticmethod
@@ -245,6 +261,9 @@ class MemoryStore:
 
     async def get(self, key: str) -> Item | None:
         check_name(key, self.limits.max_key_length)
+        return self._read(key)
+
+    def _read(self, key: str) -> Item | None:
         now = self.clock.now_ms()
         entry = self._live(key, now)
         if entry is None:
@@ -253,6 +272,24 @@ class MemoryStore:
             # Later expiry only: the heap catches up lazily (see the module docstring).
             entry.expires_at = now + entry.ttl_ms
         return Item(key, entry.raw(), entry.version, entry.expires_at)
+
+    async def wait_for(
+        self, key: str, wait_ms: int, after_version: int | None = None
+    ) -> Item | None:
+        check_name(key, self.limits.max_key_length)
+        check_wait_ms(wait_ms, "the read of key", key)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_ms / 1000
+        while True:
+            # No await between this check and parking: a write cannot slip in between.
+            item = self._read(key)
+            if item is not None and (after_version is None or item.version > after_version):
+                return item
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return item
+            # Woken by a write (which may be stale by now, or not newer): look again.
+            await self._watchers.wait(key, remaining)
 
     async def delete(self, key: str, precondition: Precondition = NO_PRECONDITION) -> bool:
         check_name(key, self.limits.max_key_length)
@@ -326,8 +363,36 @@ class MemoryStore:
         self._schedule(key, entry)
         return ItemMeta(key, entry.version, entry.expires_at, ttl)
 
+    async def acquire_lease(
+        self,
+        pool: str,
+        worker_id: str,
+        ttl_ms: int | None,
+        size: int | None = None,
+        wait_ms: int = 0,
+    ) -> LeaseGrant:
+        return await self._leases.acquire(pool, worker_id, ttl_ms, size, wait_ms)
+
+    async def renew_lease(self, pool: str, worker_id: str, ttl_ms: int | None) -> LeaseGrant:
+        return self._leases.renew(pool, worker_id, ttl_ms)
+
+    async def release_lease(self, pool: str, worker_id: str, token: int | None = None) -> bool:
+        return self._leases.release(pool, worker_id, token)
+
+    async def release_worker(self, worker_id: str) -> int:
+        return self._leases.release_worker(worker_id)
+
+    async def list_pools(self) -> builtins.list[PoolLeases]:
+        return self._leases.list_pools()
+
+    async def list_pool(self, pool: str) -> PoolLeases:
+        return self._leases.list_pool(pool)
+
     async def stats(self) -> StoreStats:
-        self._sweep(self.clock.now_ms())
+        now = self.clock.now_ms()
+        self._sweep(now)
+        leases = self._leases
+        leases.reclaim(now)
         return StoreStats(
             items=len(self._items),
             max_items=self.limits.max_items,
@@ -337,10 +402,25 @@ class MemoryStore:
             compression_bytes_after_total=self._compress_after,
             values_stored_compressed_total=self._stored_compressed,
             values_stored_uncompressed_total=self._stored_plain,
+            leases=leases.live,
+            pools=leases.pool_count,
+            max_leases=self.limits.max_leases,
+            expired_leases_total=leases.expired_total,
         )
 
     async def sweep(self) -> int:
-        return self._sweep(self.clock.now_ms())
+        now = self.clock.now_ms()
+        return self._sweep(now) + self._leases.reclaim(now)
+
+    @property
+    def leases(self) -> LeaseTable:
+        """The lease pools (tests and benchmarks look at their counters)."""
+        return self._leases
+
+    @property
+    def waiting_reads(self) -> int:
+        """Waiting GETs parked right now (tests)."""
+        return self._watchers.waiting
 
     @property
     def resident_items(self) -> int:

@@ -1,0 +1,1 @@
+"""Benchmark harness for ephemeral-broker: `python -m bench`; `bench.leases` times lease grants."""

@@ -1,0 +1,254 @@
+"""`python -m bench [--quick] [--json FILE]`: the broker's costs, in one run on this machine.
+
+Order of the printed table: CPU per operation first (stable on a noisy machine), then latency
+and throughput, the raw-ASGI baseline ratio, growth, and memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from app import __version__
+from bench import http_bench, leases, memory_bench, store_bench
+from bench.harness import Progress, start_baseline, start_broker
+
+
+@dataclass(frozen=True)
+class Sizes:
+    sequential_ops: int
+    concurrent_ops: int
+    growth_small: int
+    growth_large: int
+    growth_ops: int
+    store_small: int
+    store_large: int
+    store_ops: int
+    sweep_keys: int
+    memory_keys: int
+    lease_holders: int
+    lease_samples: int
+
+
+FULL = Sizes(
+    sequential_ops=5000, concurrent_ops=20_000, growth_small=1_000, growth_large=100_000,
+    growth_ops=3000, store_small=1_000, store_large=1_000_000, store_ops=20_000,
+    sweep_keys=1_000_000, memory_keys=100_000, lease_holders=100_000, lease_samples=5001,
+)  # fmt: skip
+QUICK = Sizes(
+    sequential_ops=300, concurrent_ops=1_500, growth_small=1_000, growth_large=10_000,
+    growth_ops=300, store_small=1_000, store_large=100_000, store_ops=5_000,
+    sweep_keys=100_000, memory_keys=3_000, lease_holders=10_000, lease_samples=1001,
+)  # fmt: skip
+CONCURRENCY = (1, 4, 16)
+
+# Every result has these keys; the test suite checks a --quick run against them.
+REQUIRED: dict[str, Any] = {
+    "meta": ["version", "date", "python", "machine", "cpus", "quick", "command"],
+    "sequential": ["sync", "async"],
+    "concurrency": list(http_bench.OPERATIONS),
+    "baseline": ["bare_get", "broker_get_hit", "cpu_ratio", "p50_ratio"],
+    "growth_http": ["small_keys", "large_keys", "small", "large", "set_cpu_ratio", "get_cpu_ratio"],
+    "growth_store": ["small_keys", "large_keys", "small", "large", "set_ratio", "get_ratio"],
+    "sweep": ["keys", "due", "sweep_ms", "per_expired_us", "nothing_due_us"],
+    "leases": ["small_holders", "large_holders", "small_grant_us", "large_grant_us", "ratio"],
+    "memory": list(memory_bench.SCENARIOS),
+}
+OP_FIELDS = ["broker_cpu_us", "client_cpu_us", "ops_per_s", "p50_us", "p95_us", "p99_us"]
+
+
+def missing_fields(results: dict[str, Any]) -> list[str]:
+    """Paths of REQUIRED fields absent from `results` (empty when complete)."""
+    missing = [f"{section}.{key}" for section, keys in REQUIRED.items() for key in keys
+               if key not in results.get(section, {})]  # fmt: skip
+    for mode in ("sync", "async"):
+        for op in http_bench.OPERATIONS:
+            row = results.get("sequential", {}).get(mode, {}).get(op, {})
+            missing += [f"sequential.{mode}.{op}.{f}" for f in OP_FIELDS if f not in row]
+    return missing
+
+
+def run(sizes: Sizes, quick: bool) -> dict[str, Any]:
+    ops = http_bench.OPERATIONS
+    steps = 2 * len(ops) + len(ops) * len(CONCURRENCY) + 2 + 2 + 2 + 2 + len(memory_bench.SCENARIOS)
+    progress = Progress(steps)
+    results: dict[str, Any] = {
+        "meta": {
+            "version": __version__,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "python": platform.python_version(),
+            "machine": f"{platform.system()} {platform.machine()} {platform.processor()}".strip(),
+            "cpus": os.cpu_count(),
+            "quick": quick,
+            "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        },
+        "sequential": {"sync": {}, "async": {}},
+        "concurrency": {},
+    }
+    # One broker for all of these: starting one costs about a second of imports.
+    with start_broker("--max-items", "0") as broker:
+        for op in ops:
+            progress.step(f"sequential sync {op}")
+            results["sequential"]["sync"][op] = http_bench.measure_sync(
+                broker, op, sizes.sequential_ops
+            )
+        for op in ops:
+            progress.step(f"sequential async {op}")
+            results["sequential"]["async"][op] = http_bench.measure_async(
+                broker, op, sizes.sequential_ops
+            )
+        for op in ops:
+            results["concurrency"][op] = {}
+            for processes in CONCURRENCY:
+                progress.step(f"{processes} client processes, {op}")
+                results["concurrency"][op][str(processes)] = http_bench.measure_concurrent(
+                    broker, op, processes, sizes.concurrent_ops
+                )
+
+    progress.step("raw-ASGI baseline")
+    with start_baseline() as bare:
+        bare_get = http_bench.measure_sync(bare, "ping", sizes.sequential_ops)
+    progress.step("broker get for the baseline ratio")
+    with start_broker() as broker:
+        broker_get = http_bench.measure_sync(broker, "get_hit", sizes.sequential_ops)
+    results["baseline"] = {
+        "bare_get": bare_get,
+        "broker_get_hit": broker_get,
+        "cpu_ratio": round(broker_get["broker_cpu_us"] / bare_get["broker_cpu_us"], 2),
+        "p50_ratio": round(broker_get["p50_us"] / bare_get["p50_us"], 2),
+    }
+
+    growth: dict[str, Any] = {"small_keys": sizes.growth_small, "large_keys": sizes.growth_large}
+    with start_broker("--max-items", "0") as broker:
+        for label, keys in (("small", sizes.growth_small), ("large", sizes.growth_large)):
+            progress.step(f"growth through HTTP at {keys} keys")
+            http_bench.fill(broker, keys, http_bench.VALUE_100B)
+            growth[label] = http_bench.measure_growth(broker, keys, sizes.growth_ops)
+    for name in ("set", "get"):
+        growth[f"{name}_cpu_ratio"] = round(
+            growth["large"][name]["broker_cpu_us"] / growth["small"][name]["broker_cpu_us"], 2
+        )
+    results["growth_http"] = growth
+
+    store: dict[str, Any] = {"small_keys": sizes.store_small, "large_keys": sizes.store_large}
+    for label, keys in (("small", sizes.store_small), ("large", sizes.store_large)):
+        progress.step(f"store at {keys} keys")
+        store[label] = store_bench.op_costs(keys, sizes.store_ops)
+    store["set_ratio"] = round(store["large"]["set_us"] / store["small"]["set_us"], 2)
+    store["get_ratio"] = round(store["large"]["get_us"] / store["small"]["get_us"], 2)
+    results["growth_store"] = store
+
+    progress.step(f"sweep of {sizes.sweep_keys} keys, 1 % due")
+    results["sweep"] = store_bench.sweep_cost(sizes.sweep_keys)
+
+    progress.step(f"lease grant with {leases.SMALL_POOL} and {sizes.lease_holders} holders")
+    grants = leases.compare(leases.SMALL_POOL, sizes.lease_holders, sizes.lease_samples)
+    results["leases"] = {
+        "small_holders": grants.small.holders,
+        "large_holders": grants.large.holders,
+        "small_grant_us": round(grants.small.grant_ns / 1000, 3),
+        "large_grant_us": round(grants.large.grant_ns / 1000, 3),
+        "ratio": round(grants.ratio, 2),
+    }
+
+    results["memory"] = {}
+    for scenario in memory_bench.SCENARIOS:
+        progress.step(f"memory: {scenario} x {sizes.memory_keys}")
+        results["memory"][scenario] = memory_bench.rss_per_key(scenario, sizes.memory_keys)
+    on = results["memory"]["10KB_compressible_compression_on"]["rss_per_key_bytes"]
+    off = results["memory"]["10KB_compressible_compression_off"]["rss_per_key_bytes"]
+    results["memory"]["compression_ratio"] = round(on / off, 3)
+    progress.finish()
+    return results
+
+
+def render(results: dict[str, Any]) -> str:
+    lines = [f"ephemeral-broker {results['meta']['version']} — {results['meta']['command']}",
+             f"{results['meta']['machine']}, {results['meta']['cpus']} CPUs, "
+             f"Python {results['meta']['python']}, {results['meta']['date']}", ""]  # fmt: skip
+    lines.append("CPU per operation, one sequential client (µs; broker = server process)")
+    lines.append(f"{'operation':<10} {'broker sync':>12} {'client sync':>12} "
+                 f"{'broker async':>13} {'client async':>13}")  # fmt: skip
+    for op in http_bench.OPERATIONS:
+        s, a = results["sequential"]["sync"][op], results["sequential"]["async"][op]
+        lines.append(f"{op:<10} {s['broker_cpu_us']:>12.1f} {s['client_cpu_us']:>12.1f} "
+                     f"{a['broker_cpu_us']:>13.1f} {a['client_cpu_us']:>13.1f}")  # fmt: skip
+    lines += ["", "Latency and throughput, one sequential client (sync | async)"]
+    lines.append(f"{'operation':<10} {'ops/s':>8} {'p50 µs':>8} {'p95 µs':>8} {'p99 µs':>8}"
+                 f" | {'ops/s':>8} {'p50 µs':>8} {'p99 µs':>8}")  # fmt: skip
+    for op in http_bench.OPERATIONS:
+        s, a = results["sequential"]["sync"][op], results["sequential"]["async"][op]
+        lines.append(f"{op:<10} {s['ops_per_s']:>8.0f} {s['p50_us']:>8.1f} {s['p95_us']:>8.1f} "
+                     f"{s['p99_us']:>8.1f} | {a['ops_per_s']:>8.0f} {a['p50_us']:>8.1f} "
+                     f"{a['p99_us']:>8.1f}")  # fmt: skip
+    lines += ["", "Throughput with N client processes (ops/s total; broker CPU µs/op)"]
+    lines.append(f"{'operation':<10}" + "".join(f" {f'N={n}':>20}" for n in CONCURRENCY))
+    for op in http_bench.OPERATIONS:
+        row = results["concurrency"][op]
+        lines.append(f"{op:<10}" + "".join(
+            f" {row[str(n)]['ops_per_s']:>10.0f} ({row[str(n)]['broker_cpu_us']:>6.1f})"
+            for n in CONCURRENCY))  # fmt: skip
+    base = results["baseline"]
+    lines += ["", "Raw-ASGI baseline (same uvicorn configuration, trivial app)",
+              f"bare GET: {base['bare_get']['broker_cpu_us']:.1f} µs server CPU, "
+              f"p50 {base['bare_get']['p50_us']:.1f} µs; broker GET hit: "
+              f"{base['broker_get_hit']['broker_cpu_us']:.1f} µs, p50 "
+              f"{base['broker_get_hit']['p50_us']:.1f} µs",
+              f"broker GET costs {base['cpu_ratio']}x the bare server's CPU "
+              f"({base['p50_ratio']}x its p50 latency)"]  # fmt: skip
+    g, st, sw = results["growth_http"], results["growth_store"], results["sweep"]
+    set_http = (g["small"]["set"]["broker_cpu_us"], g["large"]["set"]["broker_cpu_us"])
+    get_http = (g["small"]["get"]["broker_cpu_us"], g["large"]["get"]["broker_cpu_us"])
+    lines += [
+        "",
+        f"Growth through HTTP: broker CPU µs/op, {g['small_keys']} -> {g['large_keys']} keys",
+        f"set {set_http[0]:.1f} -> {set_http[1]:.1f} ({g['set_cpu_ratio']}x)   "
+        f"get {get_http[0]:.1f} -> {get_http[1]:.1f} ({g['get_cpu_ratio']}x)",
+        f"Growth in the store: CPU µs/op, {st['small_keys']} -> {st['large_keys']} keys",
+        f"set {st['small']['set_us']:.2f} -> {st['large']['set_us']:.2f} ({st['set_ratio']}x)   "
+        f"get {st['small']['get_us']:.2f} -> {st['large']['get_us']:.2f} ({st['get_ratio']}x)",
+        f"Sweep: {sw['due']} due of {sw['keys']} keys in {sw['sweep_ms']} ms "
+        f"({sw['per_expired_us']} µs per expired key); nothing due: {sw['nothing_due_us']} µs",
+        f"Lease grant in the store: {results['leases']['small_grant_us']} µs with "
+        f"{results['leases']['small_holders']} holders, {results['leases']['large_grant_us']} µs "
+        f"with {results['leases']['large_holders']} ({results['leases']['ratio']}x)",
+        "",
+        "Memory: RSS growth per live key",
+    ]
+    for scenario in memory_bench.SCENARIOS:
+        m = results["memory"][scenario]
+        lines.append(
+            f"{scenario:<36} {m['keys']:>7} keys {m['rss_per_key_bytes']:>9.0f} B/key "
+            f"(value {m['value_bytes']} B, beyond it {m['overhead_per_key_bytes']:.0f} B)"
+        )
+    ratio = results["memory"]["compression_ratio"]
+    lines.append(f"compressible 10 KB values, RSS with compression on / off: {ratio}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes: under a minute")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    args = parser.parse_args(argv)
+    results = run(QUICK if args.quick else FULL, args.quick)
+    print(render(results))
+    if args.json:
+        args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    missing = missing_fields(results)
+    if missing:
+        print(f"incomplete results: {missing}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""The raw-ASGI baseline: the broker's uvicorn configuration serving a trivial app.
+
+`python -m bench.baseline SOCKET` binds SOCKET and answers every request with a fixed JSON body
+shaped like a broker GET, so "broker GET costs X times the bare server" compares like with like.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from typing import Any
+
+import uvicorn
+
+from app.server import LISTEN_BACKLOG, BrokerHttpProtocol, run_in_new_loop
+
+# What a broker GET of a 100-byte value answers.
+BODY = b'{"key":"k","value":"' + b"v" * 98 + b'","version":1,"expires_at":1767225600000}'
+HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": BODY})
+
+
+class _Server(uvicorn.Server):
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        print("BASELINE_READY", flush=True)
+
+
+async def main(path: str) -> None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(LISTEN_BACKLOG)
+    config = uvicorn.Config(
+        app,
+        http=BrokerHttpProtocol,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        log_level="warning",
+    )
+    await _Server(config).serve(sockets=[sock])
+    await asyncio.sleep(0)
+
+
+if __name__ == "__main__":
+    run_in_new_loop(main(sys.argv[1]))

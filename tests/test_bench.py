@@ -1,0 +1,36 @@
+"""The benchmark harness runs and reports every field. No timing is asserted here: speed and
+memory targets are read from `python -m bench` runs, never checked in tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bench.__main__ import missing_fields
+
+
+@pytest.mark.timeout(900)
+def test_quick_run_writes_json_with_every_field(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = orjson.loads(out.read_bytes())
+    assert missing_fields(results) == []
+    assert results["meta"]["quick"] is True
+    # Every measured number is a real, positive measurement.
+    for mode in ("sync", "async"):
+        for row in results["sequential"][mode].values():
+            assert all(value > 0 for value in row.values()), row
+    assert results["baseline"]["cpu_ratio"] > 0
+    assert "CPU per operation" in result.stdout
