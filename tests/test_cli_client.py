@@ -192,3 +192,42 @@ def test_client_commands_do_not_load_the_server_stack(shared_broker: BrokerProce
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             check=False)  # fmt: skip
     assert result.stdout.splitlines()[-1] == "0 []", result
+
+
+def test_lease_and_release(shared_broker: BrokerProcess, ns: str) -> None:
+    sock = shared_broker.socket
+    pool = ns + "gpus"
+    # Without --worker both commands name the same worker: this test process, their parent.
+    assert ok(cli("lease", pool, "--ttl", "60000", socket=sock)) == "0\n"
+    assert ok(cli("lease", pool, "--ttl", "60000", socket=sock)) == "0\n"
+    assert ok(cli("lease", pool, "--worker", "w1", "--ttl", "60000", socket=sock)) == "1\n"
+    whole = orjson.loads(ok(cli("lease", pool, "--worker", "w2", "--ttl", "60000", "--json",
+                                socket=sock)))  # fmt: skip
+    assert (whole["value"], whole["worker_id"]) == (2, "w2")
+    assert set(whole) == {"pool", "worker_id", "value", "token", "expires_at", "ttl_ms"}
+    failed(cli("lease", pool, "--worker", "w3", "--size", "3", "--ttl", "60000", socket=sock),
+           1, "pool_exhausted", f"'{pool}'")  # fmt: skip
+    assert ok(cli("release", pool, socket=sock)) == "true\n"
+    assert ok(cli("release", pool, socket=sock)) == "false\n"
+    ok(cli("lease", ns + "other", "--worker", "w1", "--ttl", "60000", socket=sock))
+    assert ok(cli("release", "--all", "--worker", "w1", socket=sock)) == "2\n"
+    failed(cli("lease", "bad pool", "--ttl", "1000", socket=sock), 2, "invalid_key")
+
+
+def test_get_wait(shared_broker: BrokerProcess, ns: str) -> None:
+    sock = shared_broker.socket
+    env = {**os.environ, "EPHEMERAL_PIPE": str(sock)}
+    waiter = subprocess.Popen([EXE, "get", ns + "late", "--wait", "60000"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env)  # fmt: skip
+    try:
+        time.sleep(0.5)  # let it start waiting (it also works if the key comes first)
+        ok(cli("set", ns + "late", "arrived", "--ttl", "60000", socket=sock))
+        out, err = waiter.communicate(timeout=60)
+    finally:
+        if waiter.poll() is None:
+            os.kill(waiter.pid, 9)
+            waiter.wait()
+    assert (waiter.returncode, out, err) == (0, "arrived\n", "")
+    failed(cli("get", ns + "never", "--wait", "200", socket=sock), 1, "not_found",
+           f"'{ns}never'", "wait_ms")  # fmt: skip
