@@ -23,6 +23,7 @@ from client._protocol import (
     Sleep,
 )
 from client._shared import ClientBase, LeaseBase
+from client.errors import BrokerError
 from client.models import LeaseGrant
 
 T = TypeVar("T")
@@ -259,6 +260,11 @@ class AsyncLease(LeaseBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc_type is not None:
+            try:
+                await self.release()
+            except BrokerError as error:
+                self._release_failed(error)
+            return
         await self.release()
-        if exc_type is None:
-            self.raise_if_lost()
+        self.raise_if_lost()

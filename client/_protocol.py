@@ -18,7 +18,7 @@ import socket as socket_module
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Generic, TypeAlias, TypeVar
 from urllib.parse import quote
 
@@ -114,8 +114,12 @@ def resolve_wire(socket: str | os.PathLike[str] | None, secret: str | None, time
             "no broker socket: pass socket=... or set EPHEMERAL_PIPE (ephemeral-broker run "
             "sets it for the command it runs)",
         )
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout < math.inf
+    ):
+        raise ValueError(f"timeout must be a positive, finite number of seconds, not {timeout!r}")
     if secret is None:
         secret = os.environ.get("EPHEMERAL_SECRET") or None
     headers = (
@@ -200,7 +204,7 @@ class Call(Generic[T]):
     `subject` names what the call is about ("get of key 'a'") in every error it raises;
     `idempotent` allows a retry after a connection broke with the request possibly delivered;
     `wait_s` is how long the broker may legitimately hold the request (`wait_ms`), added to
-    the call's timeout; `accept` are non-2xx statuses that `parse` handles itself.
+    the call's timeout.
     """
 
     method: str
@@ -211,7 +215,6 @@ class Call(Generic[T]):
     idempotent: bool = True
     wait_s: float = 0.0
     headers: tuple[tuple[bytes, bytes], ...] = ()
-    accept: frozenset[int] = field(default_factory=frozenset)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -340,7 +343,7 @@ def _describe(error: Exception) -> str:
 
 def finish(call: Call[T], reply: Reply) -> T:
     """The call's result, or the typed error its answer stands for."""
-    if reply.status < 300 or reply.status in call.accept:
+    if reply.status < 300:
         try:
             return call.parse(reply)
         except (orjson.JSONDecodeError, Malformed, UnicodeDecodeError) as exc:

@@ -11,7 +11,7 @@ from types import MethodType
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from client import _operations as ops
-from client._protocol import Plan, Wire, resolve_wire
+from client._protocol import Plan, Wire, logger, resolve_wire
 from client.errors import BrokerError
 from client.models import LeaseGrant
 
@@ -164,6 +164,12 @@ class LeaseBase:
         """Raise the error that showed the lease gone (LeaseNotFound), if keepalive saw one."""
         if self._renewal.lost is not None:
             raise self._renewal.lost
+
+    def _release_failed(self, error: BrokerError) -> None:
+        # Leaving a `with` block that raised: the body's exception is the one to see. The
+        # lease lapses at its TTL anyway.
+        logger.warning("could not release %s while leaving a failed block: %s",
+                       self._renewal.what, error)  # fmt: skip
 
     def _renew_plan(self, ttl_ms: int | None) -> Plan[None]:
         return self._renewal.renew_now(ttl_ms)

@@ -24,6 +24,7 @@ from client._protocol import (
     Sleep,
 )
 from client._shared import ClientBase, LeaseBase
+from client.errors import BrokerError
 from client.models import LeaseGrant
 
 T = TypeVar("T")
@@ -242,6 +243,11 @@ class Lease(LeaseBase):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc_type is not None:
+            try:
+                self.release()
+            except BrokerError as error:
+                self._release_failed(error)
+            return
         self.release()
-        if exc_type is None:
-            self.raise_if_lost()
+        self.raise_if_lost()

@@ -207,7 +207,7 @@ def test_unavailable_when_there_is_no_socket_or_nobody_listens(
 def test_no_socket_configured_is_refused_at_once(clients: Clients) -> None:
     with pytest.raises(BrokerUnavailable, match="EPHEMERAL_PIPE"):
         clients.open()
-    for bad in (0, -1.0, float("nan"), True):
+    for bad in (0, -1.0, float("nan"), float("inf"), True):
         with pytest.raises(ValueError, match="timeout"):
             clients.open("/tmp/x.sock", timeout=bad)
 

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,15 @@ from client import (
     PreconditionFailed,
     StoreFull,
 )
-from tests.client_helpers import Clients, clients, each_kind, ns, shared_broker
+from tests.client_helpers import (
+    Clients,
+    RawServer,
+    clients,
+    each_kind,
+    http_answer,
+    ns,
+    shared_broker,
+)
 from tests.conftest import BrokerFactory, BrokerProcess, uds_client, wait_until
 
 __all__ = ["clients", "ns", "shared_broker"]  # fixtures the tests below use
@@ -92,6 +101,25 @@ def test_context_manager_releases_on_exit(
     with pytest.raises(RuntimeError), b.lease(ns + "p", "w", ttl_ms=TTL):
         raise RuntimeError("the body failed")
     assert holders(shared_broker, ns + "p") == []  # released on the way out of an error too
+
+
+def test_a_failed_release_does_not_hide_the_error_of_the_block(
+    short_tmp: Path, clients: Clients
+) -> None:
+    grant = b'{"pool":"p","worker_id":"w","value":0,"token":1,"expires_at":1,"ttl_ms":60000}'
+
+    def respond(request: bytes) -> bytes | None:
+        # The lease is granted; then the broker goes away (connections close unanswered).
+        return http_answer(201, grant) if request.startswith(b"POST /v1/leases/p ") else None
+
+    server = RawServer(short_tmp / "flaky.sock", respond)
+    try:
+        b = clients.open(server.path, timeout=0.3)
+        with pytest.raises(ValueError, match="the body's own error"), b.lease("p", "w"):
+            raise ValueError("the body's own error")
+        assert any(r.startswith(b"DELETE /v1/leases/p/w?token=1 ") for r in server.requests)
+    finally:
+        server.close()
 
 
 def test_release_is_fenced_by_token(
