@@ -7,7 +7,6 @@ import functools
 import inspect
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
@@ -16,13 +15,14 @@ from client import _operations as ops
 from client._protocol import (
     DEFAULT_TIMEOUT,
     POOL_LIMITS,
+    Drive,
     Plan,
     Renewal,
     Reply,
     RunFactory,
     Sleep,
 )
-from client._shared import ClientBase, LeaseBase
+from client._shared import CONNECTION_ARGS, ClientBase, LeaseBase
 from client.errors import BrokerError
 from client.models import LeaseGrant
 
@@ -59,17 +59,9 @@ class _Keeper:
 
 
 class AsyncBrokerClient(ClientBase):
-    """An asyncio client of the broker on a Unix socket, with the methods of `BrokerClient`
-    as coroutines.
-
-    Args:
-        socket: the broker's socket path; defaults to `$EPHEMERAL_PIPE`. With neither,
-            BrokerUnavailable is raised at once.
-        secret: the shared secret; defaults to `$EPHEMERAL_SECRET`. When set, every request
-            is signed (HMAC-SHA256, SPEC section 5).
-        timeout: seconds one call may take, all connection retries included.
-        transport: an httpx async transport to use instead of the Unix-socket one (for tests).
-
+    __doc__ = f"""An asyncio client of the broker on a Unix socket: the methods of
+    `BrokerClient`, as coroutines.
+    {CONNECTION_ARGS}
     Use as `async with AsyncBrokerClient() as broker:`, or call `await aclose()`.
     """
 
@@ -92,25 +84,18 @@ class AsyncBrokerClient(ClientBase):
     async def _run(self, plan: Plan[T]) -> T:
         if self._closed:
             raise RuntimeError("this AsyncBrokerClient is closed")
-        outcome: Any = None
-        error: Exception | None = None
-        while True:
-            try:
-                step = plan.send(outcome) if error is None else plan.throw(error)
-            except StopIteration as done:
-                result: T = done.value
-                return result
-            error = None
+        drive = Drive(plan)
+        while (step := drive.next()) is not None:
             if isinstance(step, httpx.Request):
-                outcome = await self._send(step)
+                drive.resume(await self._send(step))
             elif isinstance(step, Sleep):
                 await asyncio.sleep(step.seconds)
-                outcome = None
             else:
                 try:
-                    outcome = await self._run_factory(step)
+                    drive.resume(await self._run_factory(step))
                 except Exception as exc:
-                    error = exc
+                    drive.fail(exc)
+        return drive.result
 
     async def _send(self, request: httpx.Request) -> Reply | httpx.RequestError:
         try:
@@ -192,12 +177,7 @@ class AsyncBrokerClient(ClientBase):
     async def __aenter__(self) -> AsyncBrokerClient:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
 
@@ -216,14 +196,9 @@ class PendingLease:
         self._lease = await self._acquire()
         return self._lease
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         assert self._lease is not None
-        await self._lease.__aexit__(exc_type, exc, tb)
+        await self._lease.__aexit__(exc_type, *exc_info)
 
 
 class AsyncLease(LeaseBase):
@@ -254,12 +229,7 @@ class AsyncLease(LeaseBase):
     async def __aenter__(self) -> AsyncLease:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         if exc_type is not None:
             try:
                 await self.release()

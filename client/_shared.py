@@ -68,6 +68,18 @@ class Operation(Generic[P, T]):
         return function if instance is None else MethodType(function, instance)
 
 
+CONNECTION_ARGS = """
+    Args:
+        socket: the broker's socket path; defaults to `$EPHEMERAL_PIPE`. With neither,
+            BrokerUnavailable is raised at once.
+        secret: the shared secret; defaults to `$EPHEMERAL_SECRET`. When set, every request
+            is signed (HMAC-SHA256 over the request target and body, SPEC section 5).
+        timeout: seconds one call may take, all connection retries included: a broker that
+            is still starting is reached as soon as it listens, and no call takes longer.
+        transport: an httpx transport to use instead of the Unix-socket one (for tests).
+"""
+
+
 class ClientBase(ABC):
     """The state and the methods both clients have; subclasses execute the plans."""
 

@@ -8,7 +8,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
@@ -17,13 +16,14 @@ from client import _operations as ops
 from client._protocol import (
     DEFAULT_TIMEOUT,
     POOL_LIMITS,
+    Drive,
     Plan,
     Renewal,
     Reply,
     RunFactory,
     Sleep,
 )
-from client._shared import ClientBase, LeaseBase
+from client._shared import CONNECTION_ARGS, ClientBase, LeaseBase
 from client.errors import BrokerError
 from client.models import LeaseGrant
 
@@ -72,19 +72,9 @@ if hasattr(os, "register_at_fork"):
 
 
 class BrokerClient(ClientBase):
-    """A blocking client of the broker on a Unix socket; thread-safe.
-
-    Args:
-        socket: the broker's socket path; defaults to `$EPHEMERAL_PIPE`. With neither,
-            BrokerUnavailable is raised at once.
-        secret: the shared secret; defaults to `$EPHEMERAL_SECRET`. When set, every request
-            is signed (HMAC-SHA256, SPEC section 5).
-        timeout: seconds one call may take, all connection retries included.
-        transport: an httpx transport to use instead of the Unix-socket one (for tests).
-
-    Connection failures are retried with capped exponential backoff within `timeout`, so a
-    broker that is still starting is reached as soon as it listens. One keep-alive connection
-    is pooled. Use as a context manager, or call `close()`.
+    __doc__ = f"""A blocking client of the broker on a Unix socket; thread-safe.
+    {CONNECTION_ARGS}
+    One keep-alive connection is pooled. Use as a context manager, or call `close()`.
     """
 
     def __init__(
@@ -111,25 +101,18 @@ class BrokerClient(ClientBase):
     def _run(self, plan: Plan[T]) -> T:
         if self._closed:
             raise RuntimeError("this BrokerClient is closed")
-        outcome: Any = None
-        error: Exception | None = None
-        while True:
-            try:
-                step = plan.send(outcome) if error is None else plan.throw(error)
-            except StopIteration as done:
-                result: T = done.value
-                return result
-            error = None
+        drive = Drive(plan)
+        while (step := drive.next()) is not None:
             if isinstance(step, httpx.Request):
-                outcome = self._send(step)
+                drive.resume(self._send(step))
             elif isinstance(step, Sleep):
                 time.sleep(step.seconds)
-                outcome = None
             else:
                 try:
-                    outcome = self._run_factory(step)
+                    drive.resume(self._run_factory(step))
                 except Exception as exc:
-                    error = exc
+                    drive.fail(exc)
+        return drive.result
 
     def _send(self, request: httpx.Request) -> Reply | httpx.RequestError:
         try:
@@ -201,12 +184,7 @@ class BrokerClient(ClientBase):
     def __enter__(self) -> BrokerClient:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
@@ -237,12 +215,7 @@ class Lease(LeaseBase):
     def __enter__(self) -> Lease:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         if exc_type is not None:
             try:
                 self.release()
