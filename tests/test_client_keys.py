@@ -277,3 +277,31 @@ def test_both_clients_have_the_same_methods_with_the_same_signatures() -> None:
                                          "if_version"]  # fmt: skip
     assert sync["set"].return_annotation == "int"
     assert inspect.iscoroutinefunction(AsyncBrokerClient.set)
+
+
+def test_a_forked_child_gets_its_own_connection(shared_broker: BrokerProcess, ns: str) -> None:
+    """Parent and child must never share the pooled connection: their requests would
+    interleave on one socket and each could read the other's answers."""
+    with BrokerClient(shared_broker.socket) as b:
+        b.set(ns + "parent", "P", TTL)
+        b.set(ns + "child", "C", TTL)
+        assert b.get(ns + "parent") == "P"  # the connection is pooled now
+        pid = os.fork()
+        if pid == 0:  # the child: report by exit status only
+            ok = all(b.get(ns + "child") == "C" for _ in range(200))
+            os._exit(0 if ok else 1)
+        try:
+            assert all(b.get(ns + "parent") == "P" for _ in range(200))
+        finally:
+            _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_importing_the_client_does_not_load_asyncio() -> None:
+    import subprocess
+    import sys
+
+    probe = "import sys, client; print('asyncio' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True)  # fmt: skip
+    assert result.stdout == "False\n"
