@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from app.errors import PROBLEM_CONTENT_TYPE, problem_body
 from app.signing import verify
-from client import BrokerClient
+from client import AuthFailed, BrokerClient
 from tests.client_helpers import Clients, RawServer, clients, http_answer
 
 __all__ = ["clients"]  # the fixture the tests below use
@@ -112,3 +113,24 @@ def test_without_a_secret_nothing_is_signed(recorder: RawServer, clients: Client
     _, _, headers, _ = _parse(recorder.requests[0])
     assert "x-broker-signature" not in headers
     assert "x-broker-timestamp" not in headers
+
+
+def test_a_401_problem_is_auth_failed(short_tmp: Path, clients: Clients) -> None:
+    """The broker's refusal, as its auth layer sends it: problem+json with a challenge, and
+    the connection closed after it."""
+    body = problem_body("auth_failed", "no credential: send a signature", "rid-401")
+    refusal = http_answer(401, body, PROBLEM_CONTENT_TYPE,
+                          'www-authenticate: Bearer realm="ephemeral-broker"',
+                          "connection: close")  # fmt: skip
+    server = RawServer(short_tmp / "guarded.sock", lambda _: refusal)
+    try:
+        b = clients.open(server.path)
+        for _ in range(2):  # and again on a new connection, since that one was closed
+            with pytest.raises(AuthFailed) as caught:
+                b.set("k", 1, 1000)
+            error = caught.value
+            assert (error.code, error.status, error.request_id) == ("auth_failed", 401, "rid-401")
+            assert error.detail == "no credential: send a signature"
+        assert len(server.requests) == 2  # a refusal is an answer: never retried
+    finally:
+        server.close()
