@@ -465,4 +465,13 @@ class Renewal(ABC):
         except BrokerError as exc:
             logger.warning("renewing %s failed; retrying in %.3f s: %s", self.what,
                            self.interval_s, exc)  # fmt: skip
+        except Exception as exc:
+            # A bug, not a broker answer: stop renewing, and say so where the owner looks,
+            # instead of letting the background thread or task die unnoticed.
+            logger.exception("renewing %s failed unexpectedly; it is not renewed any more",
+                             self.what)  # fmt: skip
+            self.lost = BrokerError(
+                "internal_error", f"renewing {self.what} failed unexpectedly: {exc!r}"
+            )
+            return False
         return True

@@ -22,6 +22,7 @@ from client import (
     PreconditionFailed,
     StoreFull,
 )
+from client import _operations as operations
 from tests.client_helpers import (
     Clients,
     RawServer,
@@ -205,6 +206,24 @@ def test_keepalive_reports_a_lost_lease_instead_of_reacquiring(
         with pytest.raises(LeaseNotFound):
             lease.raise_if_lost()
     assert caught.value is lease.lost  # and leaving the block reports it
+
+
+def test_an_unexpected_failure_stops_keepalive_and_is_reported(
+    shared_broker: BrokerProcess, clients: Clients, ns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b = clients.open(shared_broker.socket)
+    lease = b.lease(ns + "p", "w", ttl_ms=300, keepalive=True)
+
+    def broken(*args: object) -> object:
+        raise ZeroDivisionError("a bug in the renewal")
+
+    monkeypatch.setattr(operations, "renew", broken)
+    deadline = time.monotonic() + 5
+    while lease.lost is None and time.monotonic() < deadline:
+        clients.pause(0.05)
+    assert lease.lost is not None
+    assert lease.lost.code == "internal_error"
+    assert "ZeroDivisionError" in lease.lost.detail
 
 
 def test_closing_the_client_stops_keepalive(
