@@ -102,6 +102,7 @@ def settings_from_args(args: argparse.Namespace) -> BrokerSettings:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from app.lifecycle import lifecycle_tasks
     from app.logs import configure_logging
     from app.main import create_app
     from app.server import StartupError, run_in_new_loop, serve
@@ -113,8 +114,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The first stdout line, once the broker answers: scripts read it to find the socket.
         print(f"EPHEMERAL_PIPE={path}", flush=True)
 
+    # The app is built before the socket is bound: serve() binds it only once its signal
+    # handling is in place, so no signal can leave a socket file or directory behind.
+    app = create_app(settings, background=lifecycle_tasks(settings))
     try:
-        return run_in_new_loop(serve(settings, create_app(settings), on_ready=announce))
+        return run_in_new_loop(serve(settings, app, on_ready=announce))
     except StartupError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -136,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_settings_arguments(serve)
     serve.set_defaults(handler=cmd_serve)
+    from app.runner import add_run_command
+
+    add_run_command(commands)
     add_client_commands(commands)
     return parser
 

@@ -81,11 +81,23 @@ def configure_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     numeric = _LEVELS[level]
-    for name in (LOGGER_NAME, "uvicorn", "uvicorn.error"):
-        target = logging.getLogger(name)
-        target.handlers[:] = [handler] if name != "uvicorn.error" else []
-        target.setLevel(numeric)
-        target.propagate = name == "uvicorn.error"
+    broker = logging.getLogger(LOGGER_NAME)
+    broker.handlers[:] = [handler]
+    broker.setLevel(numeric)
+    broker.propagate = False
+    # Asked for explicitly with access_log: written whatever log_level says.
+    access_logger.setLevel(logging.INFO)
+    # uvicorn's own start/stop chatter ("Started server process", "Waiting for application
+    # startup"...) repeats our "broker ready"/"broker stopped" lines: shown at debug only. Its
+    # warnings and errors (malformed HTTP, a crashed connection) always come through.
+    uvicorn = logging.getLogger("uvicorn")
+    uvicorn.handlers[:] = [handler]
+    uvicorn.setLevel(numeric if numeric == logging.DEBUG else max(numeric, logging.WARNING))
+    uvicorn.propagate = False
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    uvicorn_error.handlers[:] = []
+    uvicorn_error.setLevel(logging.NOTSET)
+    uvicorn_error.propagate = True
     # uvicorn's access log would duplicate ours (and has no request id): always off.
     uvicorn_access = logging.getLogger("uvicorn.access")
     uvicorn_access.handlers[:] = []

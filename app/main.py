@@ -16,6 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
 from app.api import keys, leases, system
+from app.auth import AuthMiddleware
+from app.capacity import CapacityWatch
 from app.clock import Clock, SystemClock
 from app.errors import PROBLEM_CONTENT_TYPE, BrokerError, problem_body
 from app.logs import logger
@@ -131,7 +133,9 @@ def create_app(
     """Build the broker app. `store`/`clock` are injectable for tests and benchmarks;
     `background` are extra coroutines run for the app's lifetime (heartbeat, idle timeout)."""
     clock = clock or SystemClock()
-    store = store or MemoryStore(StoreLimits.from_settings(settings), clock)
+    if store is None:
+        watch = CapacityWatch(settings.max_items) if settings.max_items else None
+        store = MemoryStore(StoreLimits.from_settings(settings), clock, on_items_changed=watch)
     runtime = Runtime(version=__version__)
     metrics = BrokerMetrics(__version__)
 
@@ -166,8 +170,17 @@ def create_app(
     app.add_exception_handler(BrokerError, _on_broker_error)
     app.add_exception_handler(RequestValidationError, _on_request_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
-    # add_middleware wraps: the last added is the outermost.
+    # add_middleware wraps: the last added is the outermost. Outermost first: BrokerMiddleware
+    # (request id, drain gate, metrics, access log), AuthMiddleware (only with a secret; it
+    # sees the body as sent on the wire, which the signature covers), BodyLimitMiddleware.
     app.add_middleware(BodyLimitMiddleware, max_request_size=settings.max_request_size)
+    if settings.secret is not None:
+        app.add_middleware(
+            AuthMiddleware,
+            secret=settings.secret.get_secret_value(),
+            max_request_size=settings.max_request_size,
+            clock=clock,
+        )
     app.add_middleware(
         BrokerMiddleware,
         runtime=runtime,

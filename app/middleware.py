@@ -4,12 +4,14 @@ Order, outermost first:
   BrokerMiddleware     request id, drain gate, in-flight/activity accounting, metrics, access
                        log, gzip responses, and the last line of defence: any exception becomes a
                        500 problem with no traceback in the body.
+  AuthMiddleware       (app/auth.py, only when a secret is set) Bearer or HMAC signature.
   BodyLimitMiddleware  Content-Length checked before reading, chunked bodies counted as they
                        stream, gzip/deflate request bodies decoded with the decoded size capped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -134,6 +136,19 @@ class BrokerMiddleware:
             status = CLIENT_CLOSED_STATUS
             state["error_code"] = None
             state["result"] = "client_closed"
+        except asyncio.CancelledError:
+            # The drain deadline passed with this request unanswered and uvicorn cancelled it:
+            # the client gets `503 draining` (retry elsewhere), not uvicorn's plain-text 500.
+            if not runtime.draining or response_started:
+                raise
+            await send_problem(
+                scope, send_wrapper,
+                BrokerError(
+                    "draining",
+                    "the broker shut down before this request completed (drain_timeout passed)",
+                    headers={"Connection": "close"},
+                ),
+            )  # fmt: skip
         except Exception:
             # A bug. The body names nothing; the log has the traceback and the request id.
             logger.exception(
@@ -147,6 +162,10 @@ class BrokerMiddleware:
                 )  # fmt: skip
         finally:
             runtime.in_flight -= 1
+            if not probe:
+                # Idle time counts from the end of the last request: a long waiting read is
+                # activity for as long as it waits.
+                runtime.last_activity = time.monotonic()
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             operation = getattr(route, "name", None) or "unrouted"

@@ -18,8 +18,10 @@ class Runtime:
     draining: bool = False
     # Set when shutdown begins; long waits (waiting reads, lease waits) race against it.
     drain_started: asyncio.Event = field(default_factory=asyncio.Event)
-    # Installed by the server: asks the process to shut down gracefully (idle timeout).
+    # Installed by the server: asks the process to shut down gracefully (idle timeout, `run`).
     request_shutdown: Callable[[str], None] | None = None
+    # Installed by the server: ends the drain at once (a second signal); safe in a handler.
+    force_shutdown: Callable[[], None] | None = None
 
     def uptime_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)

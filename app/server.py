@@ -42,6 +42,9 @@ LISTEN_BACKLOG: Final = 1024
 # Idle keep-alive connections are closed after this long; clients hold one pooled connection.
 KEEP_ALIVE_SECONDS: Final = 30
 _PROBE_TIMEOUT_SECONDS: Final = 0.5
+_TICK_SECONDS: Final = 0.1
+# uvicorn's Server.shutdown sleeps this long after asking connections to close.
+_UVICORN_CLOSE_PAUSE: Final = 0.1
 
 T = TypeVar("T")
 
@@ -86,7 +89,7 @@ def socket_is_live(path: Path, timeout: float = _PROBE_TIMEOUT_SECONDS) -> bool:
         probe.connect(os.fspath(path))
     except (ConnectionRefusedError, FileNotFoundError):
         return False
-    except TimeoutError:
+    except (TimeoutError, BlockingIOError):
         return True  # the backlog is full: a live but very busy listener
     except OSError as exc:
         raise StartupError(f"cannot check the existing socket at {path}: {exc.strerror}") from exc
@@ -191,7 +194,12 @@ class SignalDispatcher:
 
         return unsubscribe
 
+    @property
+    def listener_count(self) -> int:
+        return len(self._listeners)
+
     def _dispatch(self, signum: int, frame: FrameType | None) -> None:
+        # No lock here: the handler runs on the main thread, which may hold the lock already.
         listeners = list(self._listeners)
         if listeners:
             for listener in listeners:
@@ -201,7 +209,10 @@ class SignalDispatcher:
         if callable(previous):
             previous(signum, frame)
         elif previous != signal.SIG_IGN:
-            raise SystemExit(128 + signum)
+            # The default action (end the process by this signal), exactly as if we had never
+            # installed anything: the parent sees "killed by SIGTERM", not an exit code.
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
 
 
 SIGNALS = SignalDispatcher()
@@ -234,16 +245,27 @@ class BrokerHttpProtocol(HttpToolsProtocol):
 class BrokerServer(uvicorn.Server):
     """uvicorn's server with our signal handling and drain.
 
-    First SIGINT/SIGTERM: the drain flag goes up (readyz 503, new requests 503 draining, long
-    waits end), uvicorn stops listening and answers what it already received, for at most
-    drain_timeout. Second signal: stop waiting at once.
+    First SIGINT/SIGTERM (or an idle timeout, or `run`'s command ending): the drain flag goes up
+    (readyz 503, new requests 503 draining, long waits end), uvicorn stops listening and answers
+    what it already received, until drain_timeout after the shutdown began. Second signal: stop
+    waiting at once (exit code 1).
     """
 
-    def __init__(self, config: uvicorn.Config, runtime: Runtime, on_ready: Callable[[], None]):
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        runtime: Runtime,
+        drain_timeout_ms: int,
+        on_ready: Callable[[], None],
+    ):
         super().__init__(config)
         self.runtime = runtime
+        self.drain_timeout = drain_timeout_ms / 1000
         self._on_ready = on_ready
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._exit_requested: asyncio.Event | None = None
+        self._drain_deadline: float | None = None
+        self._signals_seen = 0
         self.forced = False
         self.stop_reason: str | None = None
 
@@ -255,29 +277,68 @@ class BrokerServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
+        self._exit_requested = asyncio.Event()
         await super().startup(sockets)
         if self.started:
             self._on_ready()
+
+    async def main_loop(self) -> None:
+        # uvicorn polls should_exit every 0.1 s; waking on the event instead takes that much off
+        # every shutdown (`run` pays it once per command). on_tick still runs at least every
+        # 0.1 s: it refreshes the Date header.
+        assert self._exit_requested is not None
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864_000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exit_requested.wait(), _TICK_SECONDS)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # drain_timeout counts from the moment the shutdown began, not from the moment uvicorn
+        # gets round to waiting; uvicorn pauses _UVICORN_CLOSE_PAUSE before it waits.
+        if self._drain_deadline is not None and self._loop is not None:
+            remaining = self._drain_deadline - self._loop.time() - _UVICORN_CLOSE_PAUSE
+            # uvicorn annotates int but hands it to asyncio.wait_for: fractions matter here.
+            self.config.timeout_graceful_shutdown = max(0.0, remaining)  # type: ignore[assignment]
+        await super().shutdown(sockets)
 
     def request_shutdown(self, reason: str) -> None:
         """Begin a graceful shutdown (from the event loop's thread)."""
         if self.runtime.draining:
             return
         self.stop_reason = reason
+        if self._loop is not None:
+            self._drain_deadline = self._loop.time() + self.drain_timeout
         logger.info("shutting down", extra={"fields": {"reason": reason}})
         self.runtime.begin_drain()
         self.should_exit = True
+        if self._exit_requested is not None:
+            self._exit_requested.set()
+
+    def force_shutdown(self) -> None:
+        """Stop waiting for requests in flight and exit at once (safe in a signal handler)."""
+        if self.stop_reason is None:
+            self.stop_reason = "forced"
+        self.forced = True
+        self.force_exit = True
+        self.should_exit = True
+        if self._loop is not None and self._exit_requested is not None:
+            self._loop.call_soon_threadsafe(self._exit_requested.set)
 
     def on_signal(self, signum: int) -> None:
-        """Runs in the signal handler: hand over to the loop, never touch state here."""
-        name = signal.Signals(signum).name
-        if self.runtime.draining or self.should_exit:
-            self.forced = True
-            self.force_exit = True
+        """Runs in the signal handler: count, then hand over to the loop; no state touched."""
+        self._signals_seen += 1
+        # Counted here, not in the loop: two signals in quick succession are two signals even
+        # if the loop has not yet run the first one's callback. A signal during a drain that
+        # began otherwise (idle timeout) is a "second" one too: it asks for more than a drain.
+        if self._signals_seen > 1 or self.runtime.draining:
+            self.force_shutdown()
             return
+        name = signal.Signals(signum).name
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.request_shutdown, name)
         else:
+            self.stop_reason = name
             self.should_exit = True  # not started yet: uvicorn checks this before serving
 
 
@@ -287,13 +348,16 @@ async def serve(
     *,
     on_ready: Callable[[Path], None] | None = None,
     bound: BoundSocket | None = None,
+    stop_on_signal: bool = True,
 ) -> int:
-    """Serve `app` until a signal or an idle timeout; returns the process exit code.
+    """Serve `app` until a signal, an idle timeout or `runtime.request_shutdown`; returns the
+    process exit code (0 after a drain, 1 when a second signal cut the drain short).
 
-    The socket (and its private directory) is removed however this ends.
+    The socket (and its private directory) is removed however this ends. With
+    `stop_on_signal=False` the caller handles SIGINT/SIGTERM itself (`run` forwards them to its
+    command) and stops the broker through `runtime.request_shutdown`.
     """
     SIGNALS.install()
-    bound = bound or bind_socket(settings)
     runtime: Runtime = app.state.runtime
     config = uvicorn.Config(
         app,
@@ -304,21 +368,59 @@ async def serve(
         server_header=False,
         proxy_headers=False,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        # Narrowed to what is left of the drain deadline when shutdown begins (see shutdown()).
         # uvicorn annotates int but hands it to asyncio.wait_for: milliseconds matter here.
         timeout_graceful_shutdown=settings.drain_timeout / 1000,  # type: ignore[arg-type]
         backlog=LISTEN_BACKLOG,
     )
-    server = BrokerServer(
-        config, runtime, on_ready=lambda: on_ready(bound.path) if on_ready else None
-    )
+    listening: list[BoundSocket] = []
+
+    def ready() -> None:
+        path = listening[0].path
+        logger.info(
+            "broker ready",
+            extra={
+                "fields": {
+                    "socket": str(path),
+                    "pid": os.getpid(),
+                    "version": runtime.version,
+                    "auth": "on" if settings.auth_enabled else "off",
+                }
+            },
+        )
+        if on_ready is not None:
+            on_ready(path)
+
+    server = BrokerServer(config, runtime, settings.drain_timeout, on_ready=ready)
     runtime.request_shutdown = server.request_shutdown
-    unsubscribe = SIGNALS.subscribe(server.on_signal)
+    runtime.force_shutdown = server.force_shutdown
+    # Subscribed before the socket exists: no signal can arrive between the bind and the
+    # subscription and take its default action, leaving the socket file behind.
+    unsubscribe = SIGNALS.subscribe(server.on_signal) if stop_on_signal else None
     try:
-        await server.serve(sockets=[bound.sock])
+        listening.append(bound or bind_socket(settings))
+        try:
+            await server.serve(sockets=[listening[0].sock])
+        finally:
+            listening[0].cleanup()
     finally:
-        unsubscribe()
-        bound.cleanup()
-    return 1 if server.forced else 0
+        if unsubscribe is not None:
+            unsubscribe()
+    code = 1 if server.forced else 0
+    stats = await app.state.store.stats()
+    logger.info(
+        "broker stopped",
+        extra={
+            "fields": {
+                "reason": server.stop_reason,
+                "forced": server.forced,
+                "items": stats.items,
+                "requests_total": runtime.requests_total,
+                "uptime_ms": runtime.uptime_ms(),
+            }
+        },
+    )
+    return code
 
 
 def run_in_new_loop(main: Coroutine[Any, Any, T]) -> T:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import zlib
+from collections.abc import Callable
 from heapq import heapify, heappop, heappush
 from typing import Final
 
@@ -86,9 +87,17 @@ def _matches(condition: VersionMatch, version: int | None) -> bool:
 
 
 class MemoryStore:
-    def __init__(self, limits: StoreLimits, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        limits: StoreLimits,
+        clock: Clock | None = None,
+        *,
+        on_items_changed: Callable[[int], None] | None = None,
+    ) -> None:
         self.limits = limits
         self.clock: Clock = clock or SystemClock()
+        # Told the new key count whenever it changes (capacity warnings live in the observer).
+        self._on_items_changed = on_items_changed
         self._items: dict[str, _Entry] = {}
         self._index = SortedKeys()
         self._heap: list[tuple[int, str]] = []
@@ -116,6 +125,8 @@ class MemoryStore:
         del self._items[key]
         self._index.remove(key)
         self._stored_bytes -= self._footprint(key, entry)
+        if self._on_items_changed is not None:
+            self._on_items_changed(len(self._items))
 
     @staticmethod
     def _footprint(key: str, entry: _Entry) -> int:
@@ -196,6 +207,8 @@ class MemoryStore:
             self._push(key, entry)
             if self._watchers:
                 self._watchers.notify(key)
+            if self._on_items_changed is not None:
+                self._on_items_changed(len(self._items))
             return entry, True
         self._stored_bytes -= self._footprint(key, entry)
         entry.data = data
