@@ -15,6 +15,7 @@ from typing import Any, Final, get_args
 from pydantic import ValidationError
 
 from app import __version__
+from app.cli_client import add_client_commands
 from app.settings import BrokerSettings, describe_settings_error, env_name, flag_name
 
 PROG: Final = "ephemeral-broker"
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     from app.runner import add_run_command
 
     add_run_command(commands)
+    add_client_commands(commands)
     return parser
 
 

@@ -124,6 +124,41 @@ def read_first_line(proc: subprocess.Popen[str], timeout: float) -> str:
 BrokerFactory = Callable[..., BrokerProcess]
 
 
+def launch_broker(
+    path: Path, stderr_path: Path, *flags: str, env: dict[str, str] | None = None
+) -> BrokerProcess:
+    """Start `ephemeral-broker serve` on `path` and wait for its EPHEMERAL_PIPE line; the
+    process is killed again if it does not start."""
+    args = [BROKER_EXE, "serve", "--socket", str(path), *flags]
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+    broker = BrokerProcess(proc, path, stderr_path, args)
+    try:
+        line = read_first_line(proc, START_TIMEOUT_SECONDS)
+        assert line == f"EPHEMERAL_PIPE={path}\n", (line, broker.stderr())
+    except BaseException as exc:
+        kill_broker(broker)
+        if isinstance(exc, TimeoutError):
+            raise AssertionError(f"broker did not start: {broker.stderr()}") from None
+        raise
+    return broker
+
+
+def kill_broker(broker: BrokerProcess) -> None:
+    """SIGKILL the broker (by its pid) if it still runs, and reap it."""
+    if broker.proc.poll() is None:
+        os.kill(broker.proc.pid, signal.SIGKILL)
+        broker.proc.wait(timeout=10)
+    if broker.proc.stdout is not None:
+        broker.proc.stdout.close()
+
+
 @pytest.fixture
 def start_broker(short_tmp: Path) -> Iterator[BrokerFactory]:
     """Start `ephemeral-broker serve` in a subprocess; waits for its EPHEMERAL_PIPE line."""
@@ -133,32 +168,13 @@ def start_broker(short_tmp: Path) -> Iterator[BrokerFactory]:
         *flags: str, socket: Path | None = None, env: dict[str, str] | None = None
     ) -> BrokerProcess:
         path = socket or short_tmp / f"b{len(started)}.sock"
-        stderr_path = short_tmp / f"b{len(started)}.stderr"
-        args = [BROKER_EXE, "serve", "--socket", str(path), *flags]
-        with stderr_path.open("w") as stderr:
-            proc = subprocess.Popen(
-                args,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                env={**os.environ, **(env or {})},
-            )
-        broker = BrokerProcess(proc, path, stderr_path, args)
+        broker = launch_broker(path, short_tmp / f"b{len(started)}.stderr", *flags, env=env)
         started.append(broker)
-        try:
-            line = read_first_line(proc, START_TIMEOUT_SECONDS)
-        except TimeoutError:
-            raise AssertionError(f"broker did not start: {broker.stderr()}") from None
-        assert line == f"EPHEMERAL_PIPE={path}\n", (line, broker.stderr())
         return broker
 
     yield factory
     for broker in started:
-        if broker.proc.poll() is None:
-            os.kill(broker.proc.pid, signal.SIGKILL)
-            broker.proc.wait(timeout=10)
-        if broker.proc.stdout is not None:
-            broker.proc.stdout.close()
+        kill_broker(broker)
 
 
 @pytest.fixture

@@ -1,0 +1,243 @@
+"""Helpers for the client tests: every test body runs against both clients, and a raw socket
+server plays a broken broker.
+
+Fixtures (import them into a test module to use them):
+`shared_broker` is one real broker per test module, so that the many small client tests do not
+each pay a broker's start-up; `ns` is a key prefix unique to the test, so that tests sharing it
+stay independent. `clients` is parametrized over "sync" and "async": `clients.open(socket)`
+returns a `BrokerClient`, or an `AsyncBrokerClient` driven through `Blocking` on one event
+loop, so the same assertions exercise both. `clients.pause(s)` lets time pass with the loop
+running, so that an async lease keepalive keeps working while the test waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+
+from client import AsyncBrokerClient, AsyncLease, BrokerClient, PendingLease
+from tests.conftest import BrokerProcess, kill_broker, launch_broker
+
+
+@pytest.fixture(scope="module")
+def shared_broker() -> Iterator[BrokerProcess]:
+    directory = Path(tempfile.mkdtemp(prefix="eb-", dir="/tmp"))
+    broker = launch_broker(directory / "b.sock", directory / "b.stderr")
+    yield broker
+    kill_broker(broker)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def ns() -> str:
+    """A key prefix of this test's own on a shared broker."""
+    return f"t{uuid.uuid4().hex[:10]}-"
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+class Blocking:
+    """Calls an async client's (or async lease's) methods to completion on `runner`."""
+
+    def __init__(self, target: Any, runner: asyncio.Runner) -> None:
+        self._target = target
+        self._runner = runner
+
+    def _finish(self, result: Any) -> Any:
+        if isinstance(result, PendingLease) or inspect.isawaitable(result):
+            result = self._runner.run(_awaited(result))
+        if isinstance(result, AsyncLease):
+            return Blocking(result, self._runner)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._target, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._finish(attribute(*args, **kwargs))
+
+        return call
+
+    def __repr__(self) -> str:
+        return repr(self._target)
+
+    def __enter__(self) -> Any:
+        return self._finish(self._target.__aenter__())
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._runner.run(self._target.__aexit__(*exc_info))
+
+
+class Clients:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.runner = asyncio.Runner()
+        self.opened: list[BrokerClient] = []
+
+    def open(self, socket: Path | str | None = None, **kwargs: Any) -> BrokerClient:
+        """A client of `kind`, closed at the end of the test."""
+        if self.kind == "sync":
+            client = BrokerClient(socket, **kwargs)
+        else:
+            client = cast(BrokerClient, Blocking(AsyncBrokerClient(socket, **kwargs), self.runner))
+        self.opened.append(client)
+        return client
+
+    def pause(self, seconds: float) -> None:
+        if self.kind == "sync":
+            time.sleep(seconds)
+        else:
+            self.runner.run(asyncio.sleep(seconds))
+
+    def close(self) -> None:
+        for client in self.opened:
+            client.close()
+        self.runner.close()
+
+
+KINDS = ("sync", "async")
+
+
+@pytest.fixture(params=KINDS)
+def clients(request: pytest.FixtureRequest) -> Iterator[Clients]:
+    opened = Clients(request.param)
+    yield opened
+    opened.close()
+
+
+@contextlib.contextmanager
+def each_kind() -> Iterator[Iterator[Clients]]:
+    """For tests that need a broker of their own: both kinds of client against one broker,
+    instead of starting a broker per kind."""
+    opened = [Clients(kind) for kind in KINDS]
+    try:
+        yield iter(opened)
+    finally:
+        for clients_of_kind in opened:
+            clients_of_kind.close()
+
+
+# ---- transports that watch -----------------------------------------------------------------
+
+
+class CountingTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
+    """Wraps a real transport (sync or async) and records every request it is asked to send."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.requests: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        response: httpx.Response = self.inner.handle_request(request)
+        return response
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        response: httpx.Response = await self.inner.handle_async_request(request)
+        return response
+
+    def close(self) -> None:
+        if hasattr(self.inner, "close"):
+            self.inner.close()
+
+    async def aclose(self) -> None:
+        if hasattr(self.inner, "aclose"):
+            await self.inner.aclose()
+
+
+def uds_transport(kind: str, path: Path | str) -> CountingTransport:
+    inner = (
+        httpx.HTTPTransport(uds=str(path))
+        if kind == "sync"
+        else (httpx.AsyncHTTPTransport(uds=str(path)))
+    )
+    return CountingTransport(inner)
+
+
+# ---- a broken broker -----------------------------------------------------------------------
+
+# Given the raw request bytes, the raw answer to send; None closes the connection unanswered.
+Responder = Callable[[bytes], bytes | None]
+
+
+def http_answer(
+    status: int, body: bytes, content_type: str = "application/json", *extra: str
+) -> bytes:
+    head = [f"HTTP/1.1 {status} X", f"content-type: {content_type}",
+            f"content-length: {len(body)}", *extra]  # fmt: skip
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class RawServer:
+    """A Unix-socket server in a thread that answers each request with `responder`."""
+
+    def __init__(self, path: Path, responder: Responder) -> None:
+        self.path = path
+        self.responder = responder
+        self.requests: list[bytes] = []
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(16)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        with conn:
+            buffer = b""
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                head, _, rest = buffer.partition(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(rest) < length:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    rest += chunk
+                request, buffer = head + b"\r\n\r\n" + rest[:length], rest[length:]
+                self.requests.append(request)
+                answer = self.responder(request)
+                if answer is None:
+                    return
+                conn.sendall(answer)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
