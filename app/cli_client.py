@@ -214,6 +214,12 @@ def _positive_seconds(text: str) -> float:
     return seconds
 
 
+# The client commands' names, known without building their parsers (app/cli.py's dispatch).
+CLIENT_COMMANDS: Final = frozenset(
+    {"get", "set", "del", "list", "incr", "lease", "release", "ping", "health", "stats", "metrics"}
+)
+
+
 def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the client commands on the top-level parser's subcommands."""
     common = argparse.ArgumentParser(add_help=False)

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import SecretStr
 
-from app.cli import EXIT_USAGE, PROG, add_settings_arguments, settings_from_args
+from app.cli import EXIT_USAGE, PROG
+from app.cli_settings import add_settings_arguments, settings_from_args
 from app.logs import logger
 from app.settings import BrokerSettings
 

@@ -186,7 +186,7 @@ def test_client_commands_do_not_load_the_server_stack(shared_broker: BrokerProce
         "from app.cli import main\n"
         f"code = main(['ping', '--socket', {str(shared_broker.socket)!r}])\n"
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'fastapi', 'uvicorn', 'starlette', 'prometheus_client'})\n"
+        "{'fastapi', 'uvicorn', 'starlette', 'prometheus_client', 'pydantic_settings'})\n"
         "print(code, loaded)\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
