@@ -13,6 +13,7 @@ import orjson
 
 ErrorCode = Literal[
     "bad_request",
+    "headers_too_large",
     "invalid_json",
     "auth_failed",
     "not_found",
@@ -40,6 +41,8 @@ ERRORS: Final[Mapping[str, tuple[int, str]]] = {
     # headers, a body that overruns its Content-Length into garbage).
     "bad_request": (400, "Malformed HTTP request"),
     "invalid_json": (400, "Invalid JSON"),
+    # Not in SPEC's table either: the request line and headers passed MAX_HEAD_BYTES.
+    "headers_too_large": (431, "Request Header Fields Too Large"),
     "auth_failed": (401, "Authentication failed"),
     "not_found": (404, "Key not found"),
     "lease_not_found": (404, "Lease not found"),

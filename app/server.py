@@ -25,7 +25,7 @@ from typing import Any, Final, TypeVar
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.errors import PROBLEM_CONTENT_TYPE, problem_body
+from app.errors import ERRORS, PROBLEM_CONTENT_TYPE, ErrorCode, problem_body
 from app.logs import logger
 from app.runtime import Runtime
 from app.settings import (
@@ -39,6 +39,9 @@ from app.settings import (
 
 HANDLED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 LISTEN_BACKLOG: Final = 1024
+# Request line plus headers. The broker's own headers are small (a signature is ~200 bytes);
+# 64 KiB leaves room for any client while bounding what one connection can make us hold.
+MAX_HEAD_BYTES: Final = 64 * 1024
 # Idle keep-alive connections are closed after this long; clients hold one pooled connection.
 KEEP_ALIVE_SECONDS: Final = 30
 _PROBE_TIMEOUT_SECONDS: Final = 0.5
@@ -222,16 +225,50 @@ SIGNALS = SignalDispatcher()
 
 
 class BrokerHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, answering unparseable requests with problem+json too.
+    """uvicorn's httptools protocol with two changes made before any app code runs:
 
-    uvicorn refuses a request its parser cannot read before any app code runs, with a plain
-    text 400; every error of ours is problem+json with a stable code, this one included.
+    - a request the parser cannot read is answered with problem+json (`bad_request`), not
+      uvicorn's plain-text 400: every error of ours has a stable code;
+    - the request line and headers together are bounded by MAX_HEAD_BYTES (`431
+      headers_too_large`). httptools accumulates a header value until it is complete before
+      any callback sees it, so the bound counts raw bytes as they arrive: memory spent on a
+      request's head never passes the bound by more than one read from the socket.
     """
 
+    _head_complete = False
+    _head_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        if not self._head_complete:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if (
+            not self._head_complete
+            and self._head_bytes > MAX_HEAD_BYTES
+            and not self.transport.is_closing()
+        ):
+            self._refuse(
+                "headers_too_large",
+                f"the request line and headers passed {MAX_HEAD_BYTES} bytes",
+            )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_complete = False
+        self._head_bytes = 0
+
+    def on_headers_complete(self) -> None:
+        self._head_complete = True
+        super().on_headers_complete()
+
     def send_400_response(self, msg: str) -> None:
+        self._refuse("bad_request", f"the HTTP request is malformed: {msg}")
+
+    def _refuse(self, code: ErrorCode, detail: str) -> None:
         rid = os.urandom(8).hex()
-        body = problem_body("bad_request", f"the HTTP request is malformed: {msg}", rid)
-        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        body = problem_body(code, detail, rid)
+        status, title = ERRORS[code]
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, title.encode())]
         for name, value in self.server_state.default_headers:
             head.append(name + b": " + value + b"\r\n")
         head.append(

@@ -290,3 +290,40 @@ def test_dockerfile_healthcheck_command_asks_the_broker(broker: BrokerProcess) -
     assert subprocess.run(command, env=env, timeout=30, check=False).returncode == 0
     assert broker.stop() == 0
     assert subprocess.run(command, env=env, timeout=30, check=False).returncode != 0
+
+
+def test_huge_headers_are_refused_as_they_arrive(broker: BrokerProcess) -> None:
+    import socket as socketlib
+
+    before = rss_kib(broker.pid)
+    conn = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    conn.settimeout(10)
+    conn.connect(str(broker.socket))
+    sent = 0
+    answer = b""
+    try:
+        conn.sendall(b"GET /v1/ping HTTP/1.1\r\nHost: x\r\nX-Huge: ")
+        chunk = b"a" * 65536
+        while sent < 20 * 1024 * 1024:
+            try:
+                conn.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            answer += data
+    except (ConnectionResetError, TimeoutError):
+        pass
+    finally:
+        conn.close()
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    _, _, body = answer.partition(b"\r\n\r\n")
+    assert json.loads(body)["code"] == "headers_too_large"
+    assert sent < 20 * 1024 * 1024  # the broker stopped reading long before 20 MB
+    assert rss_kib(broker.pid) - before < 4 * 1024
+    with broker.client() as client:  # normal headers still work, on a new connection
+        ok = client.get("/v1/ping", headers={"X-Fine": "b" * 8000})
+        assert ok.status_code == 200
