@@ -115,10 +115,11 @@ def run(sizes: Sizes, quick: bool) -> dict[str, Any]:
 
     progress.step("raw-ASGI baseline")
     with start_baseline() as bare:
-        bare_get = http_bench.measure_sync(bare, "ping", sizes.sequential_ops)
+        bare_get = http_bench.measure_raw_get(bare, "/v1/keys/hit", sizes.sequential_ops)
     progress.step("broker get for the baseline ratio")
     with start_broker() as broker:
-        broker_get = http_bench.measure_sync(broker, "get_hit", sizes.sequential_ops)
+        http_bench.prepare(broker, "get_hit", range(0))
+        broker_get = http_bench.measure_raw_get(broker, "/v1/keys/hit", sizes.sequential_ops)
     results["baseline"] = {
         "bare_get": bare_get,
         "broker_get_hit": broker_get,

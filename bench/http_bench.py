@@ -1,79 +1,62 @@
-"""Operations through HTTP: one sequential client (sync and async), and N client processes."""
+"""Operations through HTTP with the project's own clients: one sequential client (sync and
+async), and N client processes.
+
+Each operation is a tuple of steps `(i) -> call`; the sync executor calls them, the async one
+awaits them, so both clients run exactly the same operations (lease_release is two steps: the
+grant, then the release).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-import httpx
-import orjson
-
 from bench.harness import Latencies, ServerProcess
+from client import AsyncBrokerClient, BrokerClient
 
 VALUE_100B = "v" * 98  # 100 bytes of canonical JSON with its quotes
-SET_BODY = b'{"value":"' + VALUE_100B.encode() + b'","ttl_ms":600000}'
-INCR_BODY = b'{"ttl_ms":600000}'
-# lease_release is one operation of two requests: acquire a slot, then release it.
+TTL_MS = 600_000
 OPERATIONS = ("set", "get_hit", "get_miss", "delete", "incr", "lease_release", "ping")
 
-SyncOp = Callable[[int], Any]
-AsyncOp = Callable[[int], Awaitable[Any]]
+Step = Callable[[int], Any]
 
 
-def prepare(client: httpx.Client, operation: str, count: int) -> None:
-    """State an operation needs before it is measured (keys to hit, keys to delete)."""
-    if operation == "get_hit":
-        client.put("/v1/keys/hit", content=SET_BODY).raise_for_status()
-    elif operation == "delete":
-        for i in range(count):
-            client.put(f"/v1/keys/del{i}", content=SET_BODY).raise_for_status()
-
-
-def _lease_body(i: int) -> bytes:
-    return orjson.dumps({"worker_id": f"w{i}", "ttl_ms": 60_000})
-
-
-def sync_op(client: httpx.Client, operation: str) -> SyncOp:
-    def lease_release(i: int) -> None:
-        client.post("/v1/leases/bench", content=_lease_body(i)).raise_for_status()
-        client.delete(f"/v1/leases/bench/w{i}").raise_for_status()
-
-    ops: dict[str, SyncOp] = {
-        "set": lambda i: client.put(f"/v1/keys/set{i}", content=SET_BODY),
-        "get_hit": lambda i: client.get("/v1/keys/hit"),
-        "get_miss": lambda i: client.get("/v1/keys/missing"),
-        "delete": lambda i: client.delete(f"/v1/keys/del{i}"),
-        "incr": lambda i: client.post("/v1/keys/counter/incr", content=INCR_BODY),
-        "lease_release": lease_release,
-        "ping": lambda i: client.get("/v1/ping"),
+def steps(client: BrokerClient | AsyncBrokerClient, operation: str) -> tuple[Step, ...]:
+    table: dict[str, tuple[Step, ...]] = {
+        "set": (lambda i: client.set(f"set{i}", VALUE_100B, TTL_MS),),
+        "get_hit": (lambda i: client.get("hit"),),
+        "get_miss": (lambda i: client.get("missing", None),),
+        "delete": (lambda i: client.delete(f"del{i}"),),
+        "incr": (lambda i: client.incr("counter", ttl_ms=TTL_MS),),
+        "lease_release": (
+            lambda i: client.lease("bench", f"w{i}", ttl_ms=60_000),
+            lambda i: client.release("bench", f"w{i}"),
+        ),
+        "ping": (lambda i: client.ping(),),
     }
-    return ops[operation]
+    return table[operation]
 
 
-def async_op(client: httpx.AsyncClient, operation: str) -> AsyncOp:
-    async def lease_release(i: int) -> None:
-        (await client.post("/v1/leases/abench", content=_lease_body(i))).raise_for_status()
-        (await client.delete(f"/v1/leases/abench/w{i}")).raise_for_status()
+def sync_client(server: ServerProcess) -> BrokerClient:
+    return BrokerClient(str(server.socket), timeout=60)
 
-    ops: dict[str, AsyncOp] = {
-        "set": lambda i: client.put(f"/v1/keys/aset{i}", content=SET_BODY),
-        "get_hit": lambda i: client.get("/v1/keys/hit"),
-        "get_miss": lambda i: client.get("/v1/keys/missing"),
-        "delete": lambda i: client.delete(f"/v1/keys/adel{i}"),
-        "incr": lambda i: client.post("/v1/keys/counter/incr", content=INCR_BODY),
-        "lease_release": lease_release,
-        "ping": lambda i: client.get("/v1/ping"),
-    }
-    return ops[operation]
+
+def prepare(server: ServerProcess, operation: str, keys: range) -> None:
+    """State an operation needs before it is measured (the key to hit, keys to delete)."""
+    with sync_client(server) as client:
+        if operation == "get_hit":
+            client.set("hit", VALUE_100B, TTL_MS)
+        elif operation == "delete":
+            for i in keys:
+                client.set(f"del{i}", VALUE_100B, TTL_MS)
 
 
 def _result(
-    server: ServerProcess, count: int, wall: float, broker_cpu: float, client_cpu: float,
-    latencies: Latencies,
-) -> dict[str, float]:  # fmt: skip
+    count: int, wall: float, broker_cpu: float, client_cpu: float, latencies: Latencies
+) -> dict[str, float]:
     return {
         "broker_cpu_us": round(broker_cpu / count * 1e6, 2),
         "client_cpu_us": round(client_cpu / count * 1e6, 2),
@@ -82,62 +65,78 @@ def _result(
     }
 
 
+WARMUP = 200
+
+
 def measure_sync(server: ServerProcess, operation: str, count: int) -> dict[str, float]:
-    with server.client() as client:
-        prepare(client, operation, count)
-        op = sync_op(client, operation)
-        for i in range(min(200, count)):  # warm-up: connection, caches, allocator
-            op(-1 - i)
-        if operation == "delete":
-            prepare(client, operation, count)
+    prepare(server, operation, range(-WARMUP, count))
+    with sync_client(server) as client:
+        op = steps(client, operation)
+        for i in range(-WARMUP, 0):  # warm-up: connection, caches, allocator
+            for step in op:
+                step(i)
         latencies = Latencies()
         cpu0, client0, start = server.cpu_seconds(), time.process_time(), time.perf_counter()
         for i in range(count):
             t = time.perf_counter()
-            op(i)
+            for step in op:
+                step(i)
             latencies.samples.append(time.perf_counter() - t)
         wall = time.perf_counter() - start
         broker_cpu, client_cpu = server.cpu_seconds() - cpu0, time.process_time() - client0
-    return _result(server, count, wall, broker_cpu, client_cpu, latencies)
+    return _result(count, wall, broker_cpu, client_cpu, latencies)
 
 
 def measure_async(server: ServerProcess, operation: str, count: int) -> dict[str, float]:
-    with server.client() as setup:
-        prepare(setup, operation, 0)
-        if operation == "delete":
-            for i in range(count):
-                setup.put(f"/v1/keys/adel{i}", content=SET_BODY).raise_for_status()
+    # Keys distinct from the sync run's, so that both can run against one broker.
+    offset = 10_000_000
+    prepare(server, operation, range(offset - WARMUP, offset + count))
 
     async def run() -> dict[str, float]:
-        transport = httpx.AsyncHTTPTransport(uds=str(server.socket))
-        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
-            op = async_op(client, operation)
-            for i in range(min(200, count)):
-                await op(-1 - i)
+        async with AsyncBrokerClient(str(server.socket), timeout=60) as client:
+            op = steps(client, operation)
+            for i in range(offset - WARMUP, offset):
+                for step in op:
+                    await step(i)
             latencies = Latencies()
             cpu0, client0, start = server.cpu_seconds(), time.process_time(), time.perf_counter()
-            for i in range(count):
+            for i in range(offset, offset + count):
                 t = time.perf_counter()
-                await op(i)
+                for step in op:
+                    await step(i)
                 latencies.samples.append(time.perf_counter() - t)
             wall = time.perf_counter() - start
             broker_cpu, client_cpu = server.cpu_seconds() - cpu0, time.process_time() - client0
-        return _result(server, count, wall, broker_cpu, client_cpu, latencies)
+        return _result(count, wall, broker_cpu, client_cpu, latencies)
 
     return asyncio.run(run())
 
 
-def _worker(args: tuple[str, str, int, int, Any]) -> None:
-    socket_path, operation, offset, count, barrier = args
-    client = httpx.Client(
-        transport=httpx.HTTPTransport(uds=socket_path), base_url="http://localhost", timeout=60
-    )
-    with client:
-        op = sync_op(client, operation)
-        op(-1 - offset)  # connect before the clock starts
+def measure_raw_get(server: ServerProcess, path: str, count: int) -> dict[str, float]:
+    """GET `path` with plain httpx: the same client on both sides of the baseline ratio."""
+    with server.client() as client:
+        for _ in range(WARMUP):
+            client.get(path).raise_for_status()
+        latencies = Latencies()
+        cpu0, client0, start = server.cpu_seconds(), time.process_time(), time.perf_counter()
+        for _ in range(count):
+            t = time.perf_counter()
+            client.get(path)
+            latencies.samples.append(time.perf_counter() - t)
+        wall = time.perf_counter() - start
+        broker_cpu, client_cpu = server.cpu_seconds() - cpu0, time.process_time() - client0
+    return _result(count, wall, broker_cpu, client_cpu, latencies)
+
+
+def _worker(socket_path: str, operation: str, offset: int, count: int, barrier: Any) -> None:
+    with BrokerClient(socket_path, timeout=60) as client:
+        op = steps(client, operation)
+        for step in op:  # connect (and warm up) before the clock starts
+            step(-1 - offset)
         barrier.wait()
         for i in range(offset, offset + count):
-            op(i)
+            for step in op:
+                step(i)
 
 
 def measure_concurrent(
@@ -145,17 +144,15 @@ def measure_concurrent(
 ) -> dict[str, float]:
     """Total throughput of `processes` client processes sharing `total` operations."""
     per_process = max(1, total // processes)
-    with server.client() as client:
-        prepare(client, operation, 0)
-        if operation == "delete":
-            for i in range(per_process * processes):
-                client.put(f"/v1/keys/del{i}", content=SET_BODY).raise_for_status()
+    # Distinct keys per (operation, processes) run, so that runs on one broker do not collide.
+    base = 20_000_000 + processes * 1_000_000
+    prepare(server, operation, range(base, base + per_process * processes))
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(processes + 1)
     workers = [
         context.Process(
             target=_worker,
-            args=((str(server.socket), operation, n * per_process, per_process, barrier),),
+            args=(str(server.socket), operation, base + n * per_process, per_process, barrier),
         )
         for n in range(processes)
     ]
@@ -166,6 +163,8 @@ def measure_concurrent(
     for worker in workers:
         worker.join()
     wall = time.perf_counter() - start
+    if any(worker.exitcode != 0 for worker in workers):
+        raise RuntimeError(f"a client process failed during {operation}")
     done = per_process * processes
     return {
         "ops_per_s": round(done / wall, 1),
@@ -175,15 +174,16 @@ def measure_concurrent(
 
 def fill(server: ServerProcess, count: int, value: str, *, prefix: str = "fill") -> None:
     """Create `count` keys quickly with 4 client processes."""
-    body = orjson.dumps({"value": value, "ttl_ms": 3_600_000})
     context = multiprocessing.get_context("fork")
     processes = 4
     per = (count + processes - 1) // processes
     workers = [
-        context.Process(target=_fill_worker, args=(str(server.socket), prefix, n * per,
-                                                    min(count, (n + 1) * per), body))
+        context.Process(
+            target=_fill_worker,
+            args=(str(server.socket), prefix, n * per, min(count, (n + 1) * per), value),
+        )
         for n in range(processes)
-    ]  # fmt: skip
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -192,13 +192,10 @@ def fill(server: ServerProcess, count: int, value: str, *, prefix: str = "fill")
             raise RuntimeError("a fill worker failed")
 
 
-def _fill_worker(socket_path: str, prefix: str, start: int, stop: int, body: bytes) -> None:
-    client = httpx.Client(
-        transport=httpx.HTTPTransport(uds=socket_path), base_url="http://localhost", timeout=60
-    )
-    with client:
+def _fill_worker(socket_path: str, prefix: str, start: int, stop: int, value: str) -> None:
+    with BrokerClient(socket_path, timeout=60) as client:
         for i in range(start, stop):
-            client.put(f"/v1/keys/{prefix}{i}", content=body).raise_for_status()
+            client.set(f"{prefix}{i}", value, 3_600_000)
 
 
 def measure_growth(
@@ -206,16 +203,16 @@ def measure_growth(
 ) -> dict[str, dict[str, float]]:
     """set (new keys) and get (existing keys) with `live_keys` keys in the store."""
     results: dict[str, dict[str, float]] = {}
-    with server.client() as client:
+    with sync_client(server) as client:
         for name in ("set", "get"):
             latencies = Latencies()
             cpu0 = server.cpu_seconds()
             for i in range(count):
                 t = time.perf_counter()
                 if name == "set":
-                    client.put(f"/v1/keys/grow{live_keys}-{i}", content=SET_BODY)
+                    client.set(f"grow{live_keys}-{i}", VALUE_100B, TTL_MS)
                 else:
-                    client.get(f"/v1/keys/fill{(i * 7919) % live_keys}")
+                    client.get(f"fill{(i * 7919) % live_keys}")
                 latencies.samples.append(time.perf_counter() - t)
             results[name] = {
                 "broker_cpu_us": round((server.cpu_seconds() - cpu0) / count * 1e6, 2),
@@ -223,5 +220,5 @@ def measure_growth(
             }
             if name == "set":
                 for i in range(count):  # back to `live_keys` keys before measuring get
-                    client.delete(f"/v1/keys/grow{live_keys}-{i}")
+                    client.delete(f"grow{live_keys}-{i}")
     return results
