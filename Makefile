@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/demo.py
+	$(BIN)/ephemeral-broker run --log-level warning -- $(BIN)/python examples/demo.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

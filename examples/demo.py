@@ -1,60 +1,78 @@
-"""The broker's main job in one run: workers of one run share a token.
+"""The broker's main job in one run: workers share a token and lease unique slots.
 
-`make demo` runs this: it starts a broker on a private socket, stores a freshly minted token,
-starts worker processes that each read it over the socket, prints what each read, and stops
-the broker (which removes its socket).
+`make demo` runs `ephemeral-broker run -- python examples/demo.py`: `run` starts a broker on a
+fresh private socket and sets EPHEMERAL_PIPE for this script, which then
+  1. mints a token and stores it for a minute;
+  2. starts 6 worker processes; each reads the token, then leases one of 4 test accounts
+     (the lowest free one; a worker that finds all 4 taken waits for one to be released),
+     uses it for a moment, and releases it;
+  3. checks that every worker read the same token and that no account ever had two holders.
+When the script ends, `run` stops the broker and removes its socket.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
-import signal
 import subprocess
 import sys
-from pathlib import Path
+import time
 
-import httpx
+from client import BrokerClient
 
-WORKERS = 4
-BROKER = str(Path(sys.executable).parent / "ephemeral-broker")
+WORKERS = 6
+ACCOUNTS = 4
 
-WORKER_CODE = r"""
-import os, sys, httpx
-client = httpx.Client(transport=httpx.HTTPTransport(uds=os.environ["EPHEMERAL_PIPE"]),
-                      base_url="http://localhost")
-token = client.get("/v1/keys/demo-token").json()["value"]
-# One write per line: print() writes text and newline apart, and workers share stdout.
-sys.stdout.write(f"worker {os.environ['WORKER']} (pid {os.getpid()}) read token {token}\n")
-sys.stdout.flush()
-"""
+
+def say(line: str) -> None:
+    # One write per line: print() writes text and newline apart, and workers share stdout.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def worker(number: int) -> None:
+    with BrokerClient() as broker:  # the socket comes from $EPHEMERAL_PIPE
+        token = broker.get("demo-token")
+        with broker.lease(
+            "accounts", f"worker-{number}", size=ACCOUNTS, wait_ms=30_000, ttl_ms=30_000
+        ) as lease:
+            start = time.time()
+            say(f"worker {number} (pid {os.getpid()}) read token {token}, "
+                f"holds account test-user-{lease.value}")  # fmt: skip
+            time.sleep(0.3)  # "use" the account
+            broker.set(
+                f"held-{number}", {"account": lease.value, "from": start, "to": time.time()},
+                ttl_ms=60_000,
+            )  # fmt: skip
+
+
+def overlaps(intervals: list[dict[str, float]]) -> bool:
+    ordered = sorted(intervals, key=lambda held: held["from"])
+    return any(later["from"] < earlier["to"] for earlier, later in itertools.pairwise(ordered))
 
 
 def main() -> int:
-    broker = subprocess.Popen([BROKER, "serve"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert broker.stdout is not None
-        pipe = broker.stdout.readline().strip().removeprefix("EPHEMERAL_PIPE=")
-        print(f"broker listening on {pipe}")
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        worker(int(sys.argv[2]))
+        return 0
+    with BrokerClient() as broker:
+        say(f"broker listening on {os.environ['EPHEMERAL_PIPE']}")
         token = secrets.token_hex(8)
-        with httpx.Client(transport=httpx.HTTPTransport(uds=pipe), base_url="http://x") as client:
-            client.put("/v1/keys/demo-token", json={"value": token, "ttl_ms": 60_000})
-        print(f"stored token {token} with a 60 s TTL")
+        broker.set("demo-token", token, ttl_ms=60_000)
+        say(f"stored token {token} with a 60 s TTL; {WORKERS} workers share {ACCOUNTS} accounts")
         workers = [
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER_CODE],
-                env={**os.environ, "EPHEMERAL_PIPE": pipe, "WORKER": str(n)},
-            )
-            for n in range(WORKERS)
+            subprocess.Popen([sys.executable, __file__, "--worker", str(n)]) for n in range(WORKERS)
         ]
-        failed = sum(worker.wait() != 0 for worker in workers)
-        print(f"{WORKERS - failed} of {WORKERS} workers read the token")
-        return 1 if failed else 0
-    finally:
-        broker.send_signal(signal.SIGTERM)
-        broker.wait()
-        if broker.stdout is not None:
-            broker.stdout.close()
+        failed = sum(process.wait() != 0 for process in workers)
+        held = [broker.get(f"held-{n}") for n in range(WORKERS) if not failed]
+    by_account: dict[int, list[dict[str, float]]] = {}
+    for record in held:
+        by_account.setdefault(record["account"], []).append(record)
+    clean = not failed and all(not overlaps(times) for times in by_account.values())
+    say(f"{WORKERS - failed} of {WORKERS} workers read the token; accounts used: "
+        f"{sorted(by_account)}; never two holders at once: {clean}")  # fmt: skip
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":
