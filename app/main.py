@@ -12,6 +12,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+from fastapi.telemetry import TelemetryConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
@@ -35,6 +36,13 @@ from app.schemas import (
 from app.settings import BrokerSettings
 from app.store import MemoryStore, Store, StoreLimits
 
+NO_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
 ROUTERS: tuple[APIRouter, ...] = (keys.router, leases.router, system.router)
 # Models routes parse themselves (see app/api/body.py): added to the OpenAPI components.
 _BODY_MODELS = (
@@ -158,6 +166,10 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        # FastAPI's native OpenTelemetry turns itself on when it finds a configured provider
+        # (or FASTAPI_OTEL_AUTO_CONFIGURE=true) and would export spans naming URL paths, that
+        # is keys, to wherever the environment points. The broker exports nothing: off, always.
+        telemetry=NO_TELEMETRY,
     )
     app.state.settings = settings
     app.state.store = store

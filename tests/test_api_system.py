@@ -162,3 +162,19 @@ async def test_each_app_has_its_own_registry(make_api: AppFactory) -> None:
         )
         assert first_ops[key] == 2
         assert key not in second_ops
+
+
+def test_fastapi_telemetry_stays_off_whatever_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The broker never exports spans, metrics or logs: FastAPI's native OpenTelemetry would
+    name URL paths (keys) and send them wherever the environment's exporters point."""
+    from app.main import create_app
+    from app.settings import BrokerSettings
+
+    monkeypatch.setenv("FASTAPI_OTEL_AUTO_CONFIGURE", "true")
+    app = create_app(BrokerSettings())
+    telemetry = app._native_telemetry  # FastAPI's own switch, read where it decides
+    assert not telemetry.enabled()
+    for switch in ("tracing", "metrics", "logs", "operation_spans", "auto_configure"):
+        assert app._telemetry[switch] is False
