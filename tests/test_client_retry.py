@@ -106,3 +106,41 @@ def test_a_non_idempotent_call_is_never_resent_once_it_may_have_arrived(
         assert len(server.requests) == 1
     finally:
         server.close()
+
+
+def test_defect_23_both_constructors_fail_the_same_way_at_once(
+    monkeypatch: pytest.MonkeyPatch, short_tmp: Path, clients: Clients
+) -> None:
+    """Seed defect #23: the Node client's constructor threw synchronously while its methods
+    rejected asynchronously, with different errors. Here both clients refuse a missing socket
+    setting at construction with the same class a method raises for an unreachable broker."""
+    from client import AsyncBrokerClient, BrokerClient
+
+    monkeypatch.delenv("EPHEMERAL_PIPE", raising=False)
+    messages = []
+    for cls in (BrokerClient, AsyncBrokerClient):
+        with pytest.raises(BrokerUnavailable) as caught:
+            cls()
+        messages.append(caught.value.detail)
+    assert messages[0] == messages[1]
+    assert "EPHEMERAL_PIPE" in messages[0]
+    b = clients.open(short_tmp / "missing.sock", timeout=0.2)
+    with pytest.raises(BrokerUnavailable):
+        b.ping()
+
+
+def test_defect_26_a_dead_broker_costs_each_call_its_budget_and_no_more(
+    short_tmp: Path, clients: Clients, start_broker: BrokerFactory
+) -> None:
+    """Seed defect #26 asked for a circuit breaker because retries went on without bound. Here
+    every call is bounded by its own timeout, so repeated calls to a dead broker fail fast and
+    predictably, and nothing stays 'open': the first call after the broker is back succeeds."""
+    path = short_tmp / "later.sock"
+    b = clients.open(path, timeout=0.3)
+    for _ in range(3):
+        started = time.monotonic()
+        with pytest.raises(BrokerUnavailable):
+            b.ping()
+        assert time.monotonic() - started < 0.3 + MARGIN_S
+    start_broker(socket=path)
+    assert b.ping() >= 0

@@ -41,11 +41,23 @@ def test_defect_19_every_default_is_a_named_documented_setting() -> None:
             assert rows[name].strip().strip("`").startswith(shown), (name, rows[name])
 
 
-def test_defect_20_the_store_protocol_is_documented() -> None:
-    """Seed defect #20: the public API had no doc comments."""
+def test_defect_20_the_public_api_is_documented() -> None:
+    """Seed defect #20: the public API had no doc comments. Every public name of the client
+    package, every public method of both clients and of the Store protocol has a docstring."""
+    import client
+
     for name, member in inspect.getmembers(Store, inspect.isfunction):
         if not name.startswith("_"):
             assert inspect.getdoc(member), f"Store.{name} has no docstring"
+    for name in client.__all__:
+        obj = getattr(client, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert inspect.getdoc(obj), f"client.{name} has no docstring"
+    for cls in (client.BrokerClient, client.AsyncBrokerClient, client.Lease, client.AsyncLease):
+        for name, member in inspect.getmembers(cls):
+            if name.startswith("_") or not callable(member):
+                continue
+            assert inspect.getdoc(member), f"{cls.__name__}.{name} has no docstring"
 
 
 def test_defect_21_a_failing_test_still_stops_its_broker(pytester: pytest.Pytester) -> None:
@@ -78,3 +90,14 @@ async def test_defect_28_metrics_cannot_be_reset(api: httpx.AsyncClient) -> None
     assert not [name for name in dir(BrokerMetrics) if "reset" in name.lower()]
     for method in ("POST", "PUT", "DELETE", "PATCH"):
         assert (await api.request(method, "/metrics")).status_code == 405
+
+
+def test_every_seed_defect_has_a_row_and_every_named_test_exists() -> None:
+    section = README.split("## Seed defects and the tests that prove them", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \|", section, flags=re.MULTILINE)
+    assert sorted(map(int, rows)) == list(range(1, 29))
+    sources = "\n".join(p.read_text(encoding="utf-8") for p in Path(__file__).parent.glob("*.py"))
+    defined = set(re.findall(r"def (test_defect_\w+)", sources))
+    named = set(re.findall(r"(test_defect_\w+)", section))
+    assert named == defined, (named - defined, defined - named)
