@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,36 +204,19 @@ class AsgiResult:
         return orjson.loads(self.body)
 
 
-async def asgi_call(
-    app: Any,
-    method: str,
-    path: str,
-    *,
-    chunks: tuple[bytes, ...] = (),
-    headers: tuple[tuple[str, str], ...] = (),
-) -> AsgiResult:
-    """Call an ASGI app directly: exact paths (no client normalisation), body in `chunks`,
-    and a count of how many times the app asked for body chunks."""
-    calls = 0
-    pending = list(chunks)
+def _bytes(text: str | bytes) -> bytes:
+    return text if isinstance(text, bytes) else text.encode()
 
-    async def receive() -> dict[str, Any]:
-        nonlocal calls
-        calls += 1
-        if pending:
-            chunk = pending.pop(0)
-            return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
-        return {"type": "http.disconnect"}
 
-    sent: list[dict[str, Any]] = []
+Headers = Sequence[tuple[str | bytes, str | bytes]]
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
 
-    raw_path, _, query = path.partition("?")
+def http_scope(method: str, path: str, headers: Headers = ()) -> dict[str, Any]:
+    """An ASGI HTTP scope for `path` exactly as given (percent-encoded, query included)."""
     from urllib.parse import unquote
 
-    scope = {
+    raw_path, _, query = path.partition("?")
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -243,11 +226,45 @@ async def asgi_call(
         "raw_path": raw_path.encode(),
         "query_string": query.encode(),
         "root_path": "",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
+        "headers": [(_bytes(k).lower(), _bytes(v)) for k, v in headers],
         "client": ("test", 0),
         "server": ("localhost", 80),
     }
-    await app(scope, receive, send)
+
+
+async def asgi_call(
+    app: Any,
+    method: str,
+    path: str,
+    *,
+    chunks: tuple[bytes, ...] = (),
+    headers: Headers = (),
+    receive: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+) -> AsgiResult:
+    """Call an ASGI app directly: exact paths (no client normalisation), the body in `chunks`
+    (or from your own `receive`), and a count of how many times the app asked for body."""
+    calls = 0
+    pending = list(chunks)
+
+    async def from_chunks() -> dict[str, Any]:
+        if pending:
+            chunk = pending.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(pending)}
+        return {"type": "http.disconnect"}
+
+    source = receive or from_chunks
+
+    async def counting_receive() -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        return await source()
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(http_scope(method, path, headers), counting_receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
     return AsgiResult(

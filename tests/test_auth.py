@@ -18,7 +18,7 @@ from app.clock import FakeClock
 from app.main import create_app
 from app.settings import BrokerSettings
 from app.signing import sign, signature_headers
-from tests.conftest import BROKER_EXE, AppFactory, BrokerFactory, BrokerProcess
+from tests.conftest import BROKER_EXE, AppFactory, BrokerFactory, BrokerProcess, asgi_call
 
 SECRET = "s3cret-for-tests-0123456789abcdef"
 # Large credentials that still fit the 64 KiB bound on a request's head reach auth and get
@@ -267,29 +267,10 @@ class Receive:
 async def call_app(
     app: Any, method: str, path: str, headers: list[tuple[bytes, bytes]], receive: Receive
 ) -> tuple[int, dict[str, str], bytes]:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"localhost"), *headers],
-        "client": ("local", 0),
-        "server": ("localhost", 80),
-    }
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    start = sent[0]
-    body = b"".join(m.get("body", b"") for m in sent[1:])
-    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+    result = await asgi_call(
+        app, method, path, headers=[(b"host", b"localhost"), *headers], receive=receive
+    )
+    return result.status, result.headers, result.body
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 
 from app.main import create_app
 from app.settings import BrokerSettings
-from tests.conftest import asgi_call
+from tests.conftest import asgi_call, http_scope
 
 pytestmark = pytest.mark.anyio
 
@@ -147,11 +147,7 @@ async def test_client_disconnect_mid_body_is_not_an_internal_error(
     async def send(message: dict[str, object]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http", "method": "PUT", "path": "/v1/keys/k", "raw_path": b"/v1/keys/k",
-        "query_string": b"", "root_path": "", "headers": [(b"content-length", b"100")],
-        "http_version": "1.1", "scheme": "http", "asgi": {"version": "3.0"},
-    }  # fmt: skip
+    scope = http_scope("PUT", "/v1/keys/k", [("content-length", "100")])
     await app(scope, receive, send)  # type: ignore[operator]
     assert sent == []  # nobody to answer
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
