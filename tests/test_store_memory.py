@@ -423,3 +423,22 @@ async def test_names_are_checked_on_every_operation(store: MemoryStore) -> None:
     assert await code_of(store.set("é" * 257, enc(1), 1000)) == "invalid_key"
     for fine in ("...", ".hidden", "a.b", "ü-✓-🔥", "a:b", "q?x=1", 'quo"te', "back\\slash"):
         await store.set(fine, enc(1), 1000)
+
+
+async def test_stored_values_are_right_sized_whatever_their_producer(clock: FakeClock) -> None:
+    """orjson returns over-allocated bytes (a 100-byte value in a 4 KiB allocation); the store
+    keeps a right-sized copy, so a key costs its value's bytes plus a bounded overhead."""
+    import tracemalloc
+
+    store = MemoryStore(limits(max_items=0), clock)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(2000):
+            # Produced inside the traced region, as the keys route does: orjson.dumps per set.
+            await store.set(f"k{i}", enc("v" * 98), 60_000)
+        per_key = (tracemalloc.get_traced_memory()[0] - before) / 2000
+    finally:
+        tracemalloc.stop()
+    # 100 bytes of value; the entry, heap pair, index slot and dict slot are a few hundred more.
+    assert per_key < 600, per_key
