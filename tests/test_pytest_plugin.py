@@ -223,7 +223,7 @@ def test_never_reached():
 """
 
 
-def test_keyboard_interrupt_in_a_test_leaves_no_socket(suite: pytest.Pytester) -> None:
+def test_defect_21_keyboard_interrupt_in_a_test_leaves_no_socket(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_suite=INTERRUPTED_SUITE)
     result = suite.runpytest_subprocess("--broker", "-n", "2", timeout=RUN_TIMEOUT)
     assert result.ret == pytest.ExitCode.INTERRUPTED
@@ -232,6 +232,46 @@ def test_keyboard_interrupt_in_a_test_leaves_no_socket(suite: pytest.Pytester) -
     assert kinds.count("setup") == 1 and kinds.count("teardown") == 1, kinds
     socket = Path(next(event["pipe"] for event in events if event["kind"] == "interrupt"))
     assert not socket.exists() and not socket.parent.exists()
+
+
+CRASHING_SUITE = """
+import os
+import pytest
+from conftest import record
+
+
+def test_crash(database):
+    os._exit(1)
+
+
+@pytest.mark.parametrize("n", range(6))
+def test_after(n, database):
+    record("test", n=n)
+"""
+
+
+@pytest.mark.parametrize("restarts", ["2", "0"])
+def test_a_crashed_worker_does_not_make_the_teardown_early_or_lost(
+    suite: pytest.Pytester, restarts: str
+) -> None:
+    # Replaced (restarts allowed): the replacement is counted before it runs the crashed
+    # worker's tests. Not replaced: nobody can be the last worker, so the controller, which
+    # loaded the rootdir's conftest.py, tears down after every worker has ended.
+    suite.makepyfile(test_suite=CRASHING_SUITE)
+    result = suite.runpytest_subprocess(
+        "--broker", "-n", "2", "--max-worker-restart", restarts, timeout=RUN_TIMEOUT
+    )
+    result.stdout.fnmatch_lines(
+        ["*worker 'gw*' crashed while running 'test_suite.py::test_crash'*"]
+    )
+    result.stdout.no_fnmatch_line("*did not run*")
+    events = read_events(suite)
+    kinds = [event["kind"] for event in events]
+    assert kinds.count("setup") == 1 and kinds.count("teardown") == 1, kinds
+    assert kinds.index("teardown") > max(i for i, kind in enumerate(kinds) if kind == "test")
+    if restarts == "0":
+        workers = {event["pid"] for event in events if event["kind"] in ("setup", "test")}
+        assert events[kinds.index("teardown")]["pid"] not in workers  # the controller's
 
 
 WAITING_SUITE = """
@@ -276,7 +316,7 @@ def start_waiting_run(
     return proc, Path(running["pipe"])
 
 
-def test_ctrl_c_at_the_terminal_leaves_no_socket(suite: pytest.Pytester) -> None:
+def test_defect_21_ctrl_c_at_the_terminal_leaves_no_socket(suite: pytest.Pytester) -> None:
     # A terminal's Ctrl-C signals every process of the foreground group: pytest and its
     # workers. The broker is in a session of its own; pytest stops it after the workers.
     proc, socket = start_waiting_run(suite, "-n", "2", new_session=True)
@@ -288,7 +328,7 @@ def test_ctrl_c_at_the_terminal_leaves_no_socket(suite: pytest.Pytester) -> None
     assert not socket.exists() and not socket.parent.exists()
 
 
-def test_a_killed_pytest_leaves_no_broker_behind(suite: pytest.Pytester) -> None:
+def test_defect_21_a_killed_pytest_leaves_no_broker_behind(suite: pytest.Pytester) -> None:
     # SIGKILL gives pytest no chance to stop its broker: the broker notices that its parent
     # is gone and shuts down by itself, removing its socket and directory.
     proc, socket = start_waiting_run(suite)
