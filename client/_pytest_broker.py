@@ -17,6 +17,7 @@ import logging
 import os
 import selectors
 import signal
+import socket as socket_module
 import stat
 import subprocess
 import sys
@@ -115,11 +116,12 @@ class StartedBroker:
         return self.exit_code
 
     def _close(self) -> None:
+        # The broker has exited: its stderr reaches its end, and the reader with it.
+        self.reader.join(timeout=1.0)
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
-        self.reader.join(timeout=1.0)
         remove_leftovers(self.socket, self.private_dir)
 
 
@@ -130,14 +132,30 @@ def _kill(proc: subprocess.Popen[bytes]) -> int:
 
 
 def remove_leftovers(socket: Path, private_dir: Path | None) -> None:
-    """Remove a socket file a killed broker left behind (only a socket, never another kind of
-    file) and the private directory (only when empty)."""
+    """Remove the socket file a killed broker left behind and the private directory (only
+    when empty). Only a dead socket is removed, never another kind of file, and never a socket
+    something answers on: a broker that would not start because another one already listens
+    on its path must leave that one alone."""
     with contextlib.suppress(OSError):
-        if stat.S_ISSOCK(os.lstat(socket).st_mode):
+        if stat.S_ISSOCK(os.lstat(socket).st_mode) and not _answers(socket):
             os.unlink(socket)
     if private_dir is not None:
         with contextlib.suppress(OSError):
             private_dir.rmdir()
+
+
+def _answers(path: Path) -> bool:
+    probe = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        return True  # a full backlog or a timeout: something is there
+    finally:
+        probe.close()
+    return True
 
 
 def _read_log(stream: IO[bytes], log: deque[str]) -> None:

@@ -428,7 +428,7 @@ def private_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def test_a_broker_that_cannot_start_stops_the_run_with_its_reason(
-    pytester: pytest.Pytester, private_tmpdir: Path
+    pytester: pytest.Pytester, private_tmpdir: Path, broker: BrokerProcess
 ) -> None:
     pytester.makepyfile("def test_never_runs(broker):\n    raise AssertionError\n")
     result = pytester.runpytest("--broker", "--broker-max-items", "-1")
@@ -440,6 +440,12 @@ def test_a_broker_that_cannot_start_stops_the_run_with_its_reason(
         ]
     )
     assert list(private_tmpdir.iterdir()) == []  # no private directory left behind
+    # A socket another broker answers on is refused by ours, and left alone by the plugin.
+    taken = pytester.runpytest("--broker", "--broker-socket", str(broker.socket))
+    assert taken.ret == pytest.ExitCode.USAGE_ERROR
+    taken.stderr.fnmatch_lines([f"*a broker is already running on {broker.socket}*"])
+    with broker.client() as http:
+        assert http.get("/healthz").status_code == 200
     bad = pytester.runpytest("--broker", "--broker-start-timeout", "soon")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(
