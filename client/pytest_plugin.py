@@ -105,8 +105,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("broker_auth", "turn auth on (see --broker-auth)", type="bool", default=False)
     group.addoption(
         "--broker-start-timeout", dest="broker_start_timeout", metavar="SECONDS", default=None,
-        help=f"how long to wait for the broker to start (default: {DEFAULT_START_TIMEOUT_S:g}) "
-        "[ini: broker_start_timeout]",
+        help="how long to wait for the broker to start, or to answer when it is given by "
+        f"$EPHEMERAL_PIPE (default: {DEFAULT_START_TIMEOUT_S:g}) [ini: broker_start_timeout]",
     )  # fmt: skip
     parser.addini("broker_start_timeout", "see --broker-start-timeout", default="")
     group.addoption(
@@ -333,6 +333,17 @@ class BrokerRun:
                 self.started.wait_ready()
             except BrokerStartError as exc:
                 raise pytest.UsageError(f"ephemeral-broker: {exc}") from None
+        elif self.external:
+            from client._sync import BrokerClient
+            from client.errors import BrokerError
+
+            try:
+                with BrokerClient(self.socket, timeout=self.start_timeout) as probe:
+                    probe.ping()
+            except BrokerError as exc:
+                raise pytest.UsageError(
+                    f"ephemeral-broker: the broker in $EPHEMERAL_PIPE does not answer: {exc}"
+                ) from None
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:

@@ -428,7 +428,10 @@ def private_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def test_a_broker_that_cannot_start_stops_the_run_with_its_reason(
-    pytester: pytest.Pytester, private_tmpdir: Path, broker: BrokerProcess
+    pytester: pytest.Pytester,
+    private_tmpdir: Path,
+    broker: BrokerProcess,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pytester.makepyfile("def test_never_runs(broker):\n    raise AssertionError\n")
     result = pytester.runpytest("--broker", "--broker-max-items", "-1")
@@ -446,6 +449,13 @@ def test_a_broker_that_cannot_start_stops_the_run_with_its_reason(
     taken.stderr.fnmatch_lines([f"*a broker is already running on {broker.socket}*"])
     with broker.client() as http:
         assert http.get("/healthz").status_code == 200
+    monkeypatch.setenv("EPHEMERAL_PIPE", str(private_tmpdir / "nobody.sock"))
+    absent = pytester.runpytest("--broker", "--broker-start-timeout", "0.3")
+    assert absent.ret == pytest.ExitCode.USAGE_ERROR
+    absent.stderr.fnmatch_lines(
+        ["ERROR: ephemeral-broker: the broker in $EPHEMERAL_PIPE does not answer: *nobody.sock*"]
+    )
+    monkeypatch.delenv("EPHEMERAL_PIPE")
     bad = pytester.runpytest("--broker", "--broker-start-timeout", "soon")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(
