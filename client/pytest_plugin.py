@@ -198,6 +198,7 @@ class BrokerRun:
         self.ignored_settings: list[str] = []
         self._teardown_errors: list[str] = []
         self._not_torn_down: list[str] = []
+        self._notes: list[str] = []
         self._once_in_run = False
         self._crashed = False
         self._uncounted_crashes = 0
@@ -218,6 +219,7 @@ class BrokerRun:
         self._client: BrokerClient | None = None
         self._finished = False
         self._once_requested = False
+        self._counted = False
         self._setup_failures: dict[str, BaseException] = {}
 
     # ---- start and stop ----------------------------------------------------------------------
@@ -391,6 +393,8 @@ class BrokerRun:
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         # trylast: after pytest's own sessionfinish has torn down the session fixtures and,
         # under xdist, after the controller has waited for its workers to end.
+        if self.started is not None and not self.started.ready:
+            return  # the broker never started (the run stopped on it): nothing to finish
         if not self.config.pluginmanager.has_plugin("dsession"):
             if not self._finished:
                 # No test ran here, or the run stopped early (-x, Ctrl-C): there is no test
@@ -399,7 +403,8 @@ class BrokerRun:
                     self._finish_worker()
                 except Exception as exc:
                     self._teardown_errors.append(self._describe_teardown_error(exc))
-            self._once_in_run = bool(_ONCE_DEFINITIONS)
+            # Whether this process wrote any of the run's keys.
+            self._once_in_run = self._counted or self._once_requested
             if self.is_worker:
                 self.config.workeroutput[WORKERINPUT_KEY] = {  # type: ignore[attr-defined]
                     "once": self._once_in_run,
@@ -414,17 +419,24 @@ class BrokerRun:
             # pytest loads at start-up). Those it does not know are reported.
             try:
                 self._run_once_teardowns(known_only=True)
+                self._not_torn_down = [str(r.get("fixture")) for _, r in self._set_up()]
             except Exception as exc:
                 self._teardown_errors.append(self._describe_teardown_error(exc))
-            self._not_torn_down = [str(record.get("fixture")) for _, record in self._set_up()]
         if self._teardown_errors and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.external and self._once_in_run:
-            self._forget_run()
+            from client.errors import BrokerError
+
+            try:
+                self._forget_run()
+            except BrokerError as exc:
+                self._notes.append(f"the run's keys could not be removed from the broker: {exc}")
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         log = list(self.started.log) if self.started is not None else []
-        if self.is_worker or not (self._teardown_errors or self._not_torn_down or log):
+        if self.is_worker or not (
+            self._teardown_errors or self._not_torn_down or self._notes or log
+        ):
             return
         terminalreporter.section("ephemeral-broker")
         for text in self._teardown_errors:
@@ -436,6 +448,8 @@ class BrokerRun:
                 "not defined in a conftest.py the controller loads",
                 yellow=True,
             )
+        for note in self._notes:
+            terminalreporter.line(note, yellow=True)
         if log:
             terminalreporter.line("broker log:")
             for line in log:
@@ -461,6 +475,7 @@ class BrokerRun:
             # itself here once, after its last test. So the worker that makes the counts equal
             # is the last one running: no test anywhere can still use a once fixture. A worker
             # that finishes before others have even started does not make them equal.
+            self._counted = True
             finished = self.client.incr(self.key("finished"), ttl_ms=self.key_ttl)
             replacements = int(self.client.get(self.key("replacements"), 0))
             if finished < self.workercount + replacements:

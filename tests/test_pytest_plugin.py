@@ -20,7 +20,8 @@ import pytest
 
 # Imported here, before any in-process pytester run: pytester removes the modules a run
 # imported when it ends, and a second copy of the client's modules imported by a later run
-# would mix with the first (the package keeps its attributes).
+# would mix with the first (the package keeps its attributes). Runs that talk to a broker
+# run in a subprocess: httpx imports httpcore only on first use, with the same effect.
 import client._pytest_broker
 import client._pytest_fixtures  # noqa: F401
 from client.pytest_plugin import once_fixture
@@ -197,7 +198,7 @@ def test_the_same_suite_passes_without_xdist_enabled_by_the_ini_file(
     suite: pytest.Pytester,
 ) -> None:
     suite.makeini(INI + "broker = true\n")
-    result = suite.runpytest("-p", "no:xdist")
+    result = suite.runpytest_subprocess("-p", "no:xdist", timeout=RUN_TIMEOUT)
     result.assert_outcomes(passed=11, errors=3)
     events = read_events(suite)
     check_once_semantics(events)
@@ -443,6 +444,7 @@ def test_a_broker_that_cannot_start_stops_the_run_with_its_reason(
         ]
     )
     assert list(private_tmpdir.iterdir()) == []  # no private directory left behind
+    assert "EPHEMERAL_PIPE" not in os.environ  # what the run exported is restored
     # A socket another broker answers on is refused by ours, and left alone by the plugin.
     taken = pytester.runpytest("--broker", "--broker-socket", str(broker.socket))
     assert taken.ret == pytest.ExitCode.USAGE_ERROR
@@ -450,7 +452,7 @@ def test_a_broker_that_cannot_start_stops_the_run_with_its_reason(
     with broker.client() as http:
         assert http.get("/healthz").status_code == 200
     monkeypatch.setenv("EPHEMERAL_PIPE", str(private_tmpdir / "nobody.sock"))
-    absent = pytester.runpytest("--broker", "--broker-start-timeout", "0.3")
+    absent = pytester.runpytest_subprocess("--broker", "--broker-start-timeout", "0.3")
     assert absent.ret == pytest.ExitCode.USAGE_ERROR
     absent.stderr.fnmatch_lines(
         ["ERROR: ephemeral-broker: the broker in $EPHEMERAL_PIPE does not answer: *nobody.sock*"]
@@ -483,10 +485,11 @@ def test_broker_auth_gives_the_tests_a_fresh_secret_and_the_log_goes_to_the_summ
                 assert http.get("http://localhost/v1/keys/k").status_code == 401
         """
     )
-    result = pytester.runpytest("--broker", "--broker-auth", "--broker-log-level", "info")
+    result = pytester.runpytest_subprocess(
+        "--broker", "--broker-auth", "--broker-log-level", "info", timeout=RUN_TIMEOUT
+    )
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*= ephemeral-broker =*", "broker log:", "*broker ready*auth=on*"])
-    assert "EPHEMERAL_SECRET" not in os.environ and "EPHEMERAL_PIPE" not in os.environ
 
 
 def test_a_failing_teardown_is_an_error_at_the_last_test(
@@ -507,7 +510,9 @@ def test_a_failing_teardown_is_an_error_at_the_last_test(
     pytester.makepyfile(
         "def test_one(resource):\n    assert resource == 'r1'\ndef test_two(resource):\n    pass\n"
     )
-    result = pytester.runpytest("--broker", "--broker-socket", str(private_tmpdir / "b.sock"))
+    result = pytester.runpytest_subprocess(
+        "--broker", "--broker-socket", str(private_tmpdir / "b.sock"), timeout=RUN_TIMEOUT
+    )
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_two*", "*cannot drop r1*"])
     assert list(private_tmpdir.iterdir()) == []
