@@ -71,6 +71,12 @@ def broken():
     raise RuntimeError("cannot build it")
 
 
+@once_fixture
+def unshareable():
+    record("unshareable-setup")
+    return {"handle": object()}
+
+
 def pytest_sessionfinish(session):
     record("sessionfinish", worker=worker(session.config))
 """
@@ -99,6 +105,11 @@ def test_database(group, n, database, broker_worker_slot, broker, request):
 
 @pytest.mark.parametrize("group", grouped(*[(g,) for g in GROUPS]))
 def test_broken(group, broken):
+    pass
+
+
+@pytest.mark.parametrize("group", grouped(*[(g,) for g in GROUPS]))
+def test_unshareable(group, unshareable):
     pass
 
 
@@ -163,7 +174,7 @@ def check_once_semantics(events: list[dict[str, Any]]) -> None:
     teardowns = [i for i, kind in enumerate(kinds) if kind == "teardown"]
     assert len(teardowns) == 1 and events[teardowns[0]]["value"] == value, kinds
     assert teardowns[0] > max(i for i, kind in enumerate(kinds) if kind == "test"), kinds
-    assert kinds.count("broken-setup") == 1, kinds
+    assert kinds.count("broken-setup") == 1 and kinds.count("unshareable-setup") == 1, kinds
     pipes = {event["pipe"] for event in tests}
     assert len(pipes) == 1
     socket = Path(pipes.pop())
@@ -176,12 +187,16 @@ def test_under_xdist_once_fixture_runs_once_and_tears_down_after_the_last_test(
     result = suite.runpytest_subprocess(
         "--broker", "-n", "4", "--dist", "loadgroup", timeout=RUN_TIMEOUT
     )
-    result.assert_outcomes(passed=11, errors=3)
+    result.assert_outcomes(passed=11, errors=6)
     result.stdout.fnmatch_lines(["ephemeral-broker: started at *broker.sock (pid *)"])
     # The failed setup ran once: the worker that ran it shows its error, the others name it.
     result.stdout.fnmatch_lines(["*RuntimeError: cannot build it*"])
     result.stdout.fnmatch_lines(
         ["*OnceFixtureError: the setup of once fixture 'broken' failed in worker gw*"]
+    )
+    # A value that cannot travel as JSON fails the same way, naming the fixture.
+    result.stdout.fnmatch_lines(
+        ["*TypeError: the value of once fixture 'unshareable' cannot be encoded as JSON*"]
     )
     events = read_events(suite)
     check_once_semantics(events)
@@ -199,7 +214,7 @@ def test_the_same_suite_passes_without_xdist_enabled_by_the_ini_file(
 ) -> None:
     suite.makeini(INI + "broker = true\n")
     result = suite.runpytest_subprocess("-p", "no:xdist", timeout=RUN_TIMEOUT)
-    result.assert_outcomes(passed=11, errors=3)
+    result.assert_outcomes(passed=11, errors=6)
     events = read_events(suite)
     check_once_semantics(events)
     assert {(e["worker"], e["slot"]) for e in events if e["kind"] == "test"} == {("main", 0)}
