@@ -193,35 +193,49 @@ def test_gzip_bomb_over_the_socket_does_not_grow_the_broker(broker: BrokerProces
     assert after - before < 4 * 1024, (before, after)
 
 
-def test_chunked_body_is_cut_off_while_it_streams(broker: BrokerProcess) -> None:
+def stream_until_refused(
+    sock_path: Path, head: bytes, piece: bytes, most: int
+) -> tuple[int, bytes]:
+    """Send `head`, then `piece` again and again (up to `most` bytes) until the broker answers
+    or stops reading; returns how many bytes of pieces were sent and the answer's bytes."""
     import select
     import socket as socketlib
 
     conn = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
-    conn.settimeout(5)
-    conn.connect(str(broker.socket))
+    conn.settimeout(10)
+    conn.connect(str(sock_path))
     sent = 0
     answer = b""
     try:
-        conn.sendall(b"PUT /v1/keys/big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
-        chunk = b"x" * 65536
-        frame = b"%x\r\n%s\r\n" % (len(chunk), chunk)
-        while sent < 8 * 1024 * 1024:
-            readable, _, _ = select.select([conn], [], [], 0)
-            if readable:
-                break  # the broker answered before the body ended
+        conn.sendall(head)
+        while sent < most:
+            if select.select([conn], [], [], 0)[0]:
+                break  # the broker answered before we were done
             try:
-                conn.sendall(frame)
+                conn.sendall(piece)
             except (BrokenPipeError, ConnectionResetError, TimeoutError):
                 break  # it stopped reading: the answer is waiting
-            sent += len(chunk)
-        while b"\r\n\r\n" not in answer:
+            sent += len(piece)
+        while True:
             data = conn.recv(65536)
             if not data:
                 break
             answer += data
+    except (ConnectionResetError, TimeoutError):
+        pass
     finally:
         conn.close()
+    return sent, answer
+
+
+def test_chunked_body_is_cut_off_while_it_streams(broker: BrokerProcess) -> None:
+    chunk = b"x" * 65536
+    sent, answer = stream_until_refused(
+        broker.socket,
+        b"PUT /v1/keys/big HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"%x\r\n%s\r\n" % (len(chunk), chunk),
+        8 * 1024 * 1024,
+    )
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"too_large" in answer or b"problem+json" in answer
     assert sent < 8 * 1024 * 1024  # refused long before the client finished sending
@@ -293,32 +307,13 @@ def test_dockerfile_healthcheck_command_asks_the_broker(broker: BrokerProcess) -
 
 
 def test_huge_headers_are_refused_as_they_arrive(broker: BrokerProcess) -> None:
-    import socket as socketlib
-
     before = rss_kib(broker.pid)
-    conn = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
-    conn.settimeout(10)
-    conn.connect(str(broker.socket))
-    sent = 0
-    answer = b""
-    try:
-        conn.sendall(b"GET /v1/ping HTTP/1.1\r\nHost: x\r\nX-Huge: ")
-        chunk = b"a" * 65536
-        while sent < 20 * 1024 * 1024:
-            try:
-                conn.sendall(chunk)
-            except (BrokenPipeError, ConnectionResetError):
-                break
-            sent += len(chunk)
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                break
-            answer += data
-    except (ConnectionResetError, TimeoutError):
-        pass
-    finally:
-        conn.close()
+    sent, answer = stream_until_refused(
+        broker.socket,
+        b"GET /v1/ping HTTP/1.1\r\nHost: x\r\nX-Huge: ",
+        b"a" * 65536,
+        20 * 1024 * 1024,
+    )
     assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
     _, _, body = answer.partition(b"\r\n\r\n")
     assert json.loads(body)["code"] == "headers_too_large"
