@@ -43,10 +43,12 @@ FULL = Sizes(
     growth_ops=3000, store_small=1_000, store_large=1_000_000, store_ops=20_000,
     sweep_keys=1_000_000, memory_keys=100_000, lease_holders=100_000, lease_samples=5001,
 )  # fmt: skip
+# Checks that every measurement runs, in under a minute on an idle 2-CPU machine; its figures
+# are too small to quote.
 QUICK = Sizes(
-    sequential_ops=300, concurrent_ops=1_500, growth_small=1_000, growth_large=10_000,
-    growth_ops=300, store_small=1_000, store_large=100_000, store_ops=5_000,
-    sweep_keys=100_000, memory_keys=3_000, lease_holders=10_000, lease_samples=1001,
+    sequential_ops=150, concurrent_ops=400, growth_small=1_000, growth_large=3_000,
+    growth_ops=200, store_small=1_000, store_large=50_000, store_ops=5_000,
+    sweep_keys=50_000, memory_keys=500, lease_holders=10_000, lease_samples=1001,
 )  # fmt: skip
 CONCURRENCY = (1, 4, 16)
 
@@ -176,25 +178,25 @@ def render(results: dict[str, Any]) -> str:
              f"{results['meta']['machine']}, {results['meta']['cpus']} CPUs, "
              f"Python {results['meta']['python']}, {results['meta']['date']}", ""]  # fmt: skip
     lines.append("CPU per operation, one sequential client (µs; broker = server process)")
-    lines.append(f"{'operation':<10} {'broker sync':>12} {'client sync':>12} "
+    lines.append(f"{'operation':<13} {'broker sync':>12} {'client sync':>12} "
                  f"{'broker async':>13} {'client async':>13}")  # fmt: skip
     for op in http_bench.OPERATIONS:
         s, a = results["sequential"]["sync"][op], results["sequential"]["async"][op]
-        lines.append(f"{op:<10} {s['broker_cpu_us']:>12.1f} {s['client_cpu_us']:>12.1f} "
+        lines.append(f"{op:<13} {s['broker_cpu_us']:>12.1f} {s['client_cpu_us']:>12.1f} "
                      f"{a['broker_cpu_us']:>13.1f} {a['client_cpu_us']:>13.1f}")  # fmt: skip
     lines += ["", "Latency and throughput, one sequential client (sync | async)"]
-    lines.append(f"{'operation':<10} {'ops/s':>8} {'p50 µs':>8} {'p95 µs':>8} {'p99 µs':>8}"
+    lines.append(f"{'operation':<13} {'ops/s':>8} {'p50 µs':>8} {'p95 µs':>8} {'p99 µs':>8}"
                  f" | {'ops/s':>8} {'p50 µs':>8} {'p99 µs':>8}")  # fmt: skip
     for op in http_bench.OPERATIONS:
         s, a = results["sequential"]["sync"][op], results["sequential"]["async"][op]
-        lines.append(f"{op:<10} {s['ops_per_s']:>8.0f} {s['p50_us']:>8.1f} {s['p95_us']:>8.1f} "
+        lines.append(f"{op:<13} {s['ops_per_s']:>8.0f} {s['p50_us']:>8.1f} {s['p95_us']:>8.1f} "
                      f"{s['p99_us']:>8.1f} | {a['ops_per_s']:>8.0f} {a['p50_us']:>8.1f} "
                      f"{a['p99_us']:>8.1f}")  # fmt: skip
     lines += ["", "Throughput with N client processes (ops/s total; broker CPU µs/op)"]
-    lines.append(f"{'operation':<10}" + "".join(f" {f'N={n}':>20}" for n in CONCURRENCY))
+    lines.append(f"{'operation':<13}" + "".join(f" {f'N={n}':>19}" for n in CONCURRENCY))
     for op in http_bench.OPERATIONS:
         row = results["concurrency"][op]
-        lines.append(f"{op:<10}" + "".join(
+        lines.append(f"{op:<13}" + "".join(
             f" {row[str(n)]['ops_per_s']:>10.0f} ({row[str(n)]['broker_cpu_us']:>6.1f})"
             for n in CONCURRENCY))  # fmt: skip
     base = results["baseline"]

@@ -68,11 +68,17 @@ def _result(
 WARMUP = 200
 
 
+def warmup_calls(count: int) -> int:
+    """Calls made before measuring `count`: WARMUP, fewer for a short (--quick) run."""
+    return min(WARMUP, count // 2)
+
+
 def measure_sync(server: ServerProcess, operation: str, count: int) -> dict[str, float]:
-    prepare(server, operation, range(-WARMUP, count))
+    warmup = warmup_calls(count)
+    prepare(server, operation, range(-warmup, count))
     with sync_client(server) as client:
         op = steps(client, operation)
-        for i in range(-WARMUP, 0):  # warm-up: connection, caches, allocator
+        for i in range(-warmup, 0):  # warm-up: connection, caches, allocator
             for step in op:
                 step(i)
         latencies = Latencies()
@@ -90,12 +96,13 @@ def measure_sync(server: ServerProcess, operation: str, count: int) -> dict[str,
 def measure_async(server: ServerProcess, operation: str, count: int) -> dict[str, float]:
     # Keys distinct from the sync run's, so that both can run against one broker.
     offset = 10_000_000
-    prepare(server, operation, range(offset - WARMUP, offset + count))
+    warmup = warmup_calls(count)
+    prepare(server, operation, range(offset - warmup, offset + count))
 
     async def run() -> dict[str, float]:
         async with AsyncBrokerClient(str(server.socket), timeout=60) as client:
             op = steps(client, operation)
-            for i in range(offset - WARMUP, offset):
+            for i in range(offset - warmup, offset):
                 for step in op:
                     await step(i)
             latencies = Latencies()
@@ -115,7 +122,7 @@ def measure_async(server: ServerProcess, operation: str, count: int) -> dict[str
 def measure_raw_get(server: ServerProcess, path: str, count: int) -> dict[str, float]:
     """GET `path` with plain httpx: the same client on both sides of the baseline ratio."""
     with server.client() as client:
-        for _ in range(WARMUP):
+        for _ in range(warmup_calls(count)):
             client.get(path).raise_for_status()
         latencies = Latencies()
         cpu0, client0, start = server.cpu_seconds(), time.process_time(), time.perf_counter()

@@ -34,3 +34,27 @@ def test_quick_run_writes_json_with_every_field(tmp_path: Path) -> None:
             assert all(value > 0 for value in row.values()), row
     assert results["baseline"]["cpu_ratio"] > 0
     assert "CPU per operation" in result.stdout
+
+
+def test_profile_attributes_the_brokers_cpu_to_packages_and_names_our_routes() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.profile", "--requests", "100", "--top", "40"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "broker CPU under 100 GETs, by package (cProfile, thread CPU clock):"
+    shares = {}
+    for line in lines[1:]:
+        if not line.endswith(" %"):
+            break
+        group, _, share = line.strip().rpartition("  ")
+        shares[group.strip()] = float(share.removesuffix(" %"))
+    assert {"our code (app/)", "fastapi", "uvicorn"} <= shares.keys(), shares
+    assert abs(sum(shares.values()) - 100) < 1, shares
+    # The profile covers serving GETs, not start-up: the keys route is among the functions.
+    assert "app/api/keys.py" in result.stdout and "(get_key)" in result.stdout
