@@ -13,17 +13,22 @@ import pytest
 from bench.__main__ import missing_fields
 
 
-@pytest.mark.timeout(900)
-def test_quick_run_writes_json_with_every_field(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json", str(out)],
+def run_module(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m module args...` from the project's root, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=timeout,
         check=False,
         cwd=Path(__file__).resolve().parent.parent,
     )
+
+
+@pytest.mark.timeout(900)
+def test_quick_run_writes_json_with_every_field(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = run_module("bench", "--quick", "--json", str(out), timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     results = orjson.loads(out.read_bytes())
     assert missing_fields(results) == []
@@ -37,14 +42,7 @@ def test_quick_run_writes_json_with_every_field(tmp_path: Path) -> None:
 
 
 def test_profile_attributes_the_brokers_cpu_to_packages_and_names_our_routes() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.profile", "--requests", "100", "--top", "40"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=Path(__file__).resolve().parent.parent,
-    )
+    result = run_module("bench.profile", "--requests", "100", "--top", "40", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert lines[0] == "broker CPU under 100 GETs, by package (cProfile, thread CPU clock):"
