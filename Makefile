@@ -37,8 +37,10 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# Through a temporary file: a generation that fails leaves openapi.json as it was.
 openapi: $(STAMP)
-	$(BIN)/python -m app.openapi > openapi.json
+	$(BIN)/python -m app.openapi > openapi.json.tmp
+	mv openapi.json.tmp openapi.json
 
 bench: $(STAMP)
 	$(BIN)/python -m bench --json bench-results.json
