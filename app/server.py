@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import stat
-import tempfile
 import threading
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
@@ -29,13 +28,12 @@ from app.errors import ERRORS, PROBLEM_CONTENT_TYPE, ErrorCode, problem_body
 from app.logs import logger
 from app.runtime import Runtime
 from app.settings import (
-    DEFAULT_SOCKET_DIR_PREFIX,
-    DEFAULT_SOCKET_NAME,
     BrokerSettings,
     SocketPathTooLong,
     check_default_socket_fits,
     check_socket_path_length,
 )
+from app.unix_socket import new_private_socket_path, socket_answers
 
 HANDLED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 LISTEN_BACKLOG: Final = 1024
@@ -84,21 +82,12 @@ class BoundSocket:
                 self.private_dir.rmdir()
 
 
-def socket_is_live(path: Path, timeout: float = _PROBE_TIMEOUT_SECONDS) -> bool:
+def socket_is_live(path: Path) -> bool:
     """Whether something accepts connections on the socket at `path`."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(timeout)
     try:
-        probe.connect(os.fspath(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except (TimeoutError, BlockingIOError):
-        return True  # the backlog is full: a live but very busy listener
+        return socket_answers(path, _PROBE_TIMEOUT_SECONDS)
     except OSError as exc:
         raise StartupError(f"cannot check the existing socket at {path}: {exc.strerror}") from exc
-    finally:
-        probe.close()
-    return True
 
 
 def _clear_path(path: Path) -> None:
@@ -123,8 +112,8 @@ def bind_socket(settings: BrokerSettings) -> BoundSocket:
     try:
         if settings.socket is None:
             check_default_socket_fits()
-            private_dir = Path(tempfile.mkdtemp(prefix=DEFAULT_SOCKET_DIR_PREFIX))  # mode 0700
-            path = private_dir / DEFAULT_SOCKET_NAME
+            path = new_private_socket_path()
+            private_dir = path.parent
         else:
             path = settings.socket.absolute()
             check_socket_path_length(path)

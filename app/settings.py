@@ -22,11 +22,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# sockaddr_un.sun_path is 108 bytes on Linux, one of which is the terminating NUL.
-MAX_SOCKET_PATH_BYTES: Final = 107
+from app.unix_socket import DEFAULT_SOCKET_DIR_PREFIX, DEFAULT_SOCKET_NAME, MAX_SOCKET_PATH_BYTES
+
 # What the default socket adds below $TMPDIR: "/ephemeral-broker-XXXXXXXX/broker.sock".
-DEFAULT_SOCKET_DIR_PREFIX: Final = "ephemeral-broker-"
-DEFAULT_SOCKET_NAME: Final = "broker.sock"
 _DEFAULT_SUFFIX_BYTES: Final = len(f"/{DEFAULT_SOCKET_DIR_PREFIX}XXXXXXXX/{DEFAULT_SOCKET_NAME}")
 
 LogLevel = Literal["debug", "info", "warning", "error"]

@@ -17,17 +17,17 @@ import logging
 import os
 import selectors
 import signal
-import socket as socket_module
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
+
+from app.unix_socket import new_private_socket_path, socket_answers
 
 # How often the child checks that its parent is alive: an orphaned broker stops this soon.
 PARENT_POLL_SECONDS: Final = 0.2
@@ -37,9 +37,7 @@ STOP_TIMEOUT_SECONDS: Final = 15.0
 # Lines of the broker's stderr kept for reports (the newest ones).
 LOG_LINES_KEPT: Final = 200
 _READY_PREFIX: Final = "EPHEMERAL_PIPE="
-# Like the broker's own default socket: `$TMPDIR/ephemeral-broker-XXXXXXXX/broker.sock`.
-SOCKET_DIR_PREFIX: Final = "ephemeral-broker-"
-SOCKET_NAME: Final = "broker.sock"
+_PROBE_TIMEOUT_SECONDS: Final = 0.5
 
 
 class BrokerStartError(Exception):
@@ -145,17 +143,10 @@ def remove_leftovers(socket: Path, private_dir: Path | None) -> None:
 
 
 def _answers(path: Path) -> bool:
-    probe = socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM)
-    probe.settimeout(0.5)
     try:
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
+        return socket_answers(path, _PROBE_TIMEOUT_SECONDS)
     except OSError:
-        return True  # a full backlog or a timeout: something is there
-    finally:
-        probe.close()
-    return True
+        return True  # cannot tell: leave it alone
 
 
 def _read_log(stream: IO[bytes], log: deque[str]) -> None:
@@ -181,8 +172,9 @@ def launch(
     """
     private_dir = None
     if socket is None:
-        private_dir = Path(tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX))
-        socket = private_dir / SOCKET_NAME
+        # Like the broker's own default socket (mode 0700 directory under $TMPDIR).
+        socket = new_private_socket_path()
+        private_dir = socket.parent
     args = [sys.executable, "-m", "client._pytest_broker", str(os.getpid()),
             str(private_dir or ""), "serve", "--socket", str(socket), *flags]  # fmt: skip
     try:
