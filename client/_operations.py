@@ -13,6 +13,8 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
+# Names appear in error sentences exactly as in the broker's own errors.
+from app.errors import quote_name as show
 from client._protocol import (
     Call,
     Malformed,
@@ -28,7 +30,6 @@ from client._protocol import (
     member,
     member_value,
     quote_name,
-    show,
 )
 from client.errors import (
     BrokerError,

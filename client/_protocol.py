@@ -177,11 +177,6 @@ def quote_name(name: str) -> str:
     return quote(name, safe=_NAME_SAFE)
 
 
-def show(name: str, limit: int = 80) -> str:
-    """A name as it appears in an error sentence: quoted, shortened, escapes visible."""
-    return repr(name if len(name) <= limit else name[:limit] + "…")
-
-
 def _non_finite_path(payload: dict[str, Any]) -> str | None:
     """Where a NaN or an infinity hides in a body (orjson would silently write null), as
     `member[...]...`."""
