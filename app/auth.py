@@ -29,11 +29,23 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.clock import Clock
 from app.errors import BrokerError
 from app.logs import logger
-from app.middleware import PROBE_PATHS, request_id_of, send_problem
-from app.signing import MAX_SKEW_MS, SIGNATURE_HEADER, TIMESTAMP_HEADER, body_digest, verify
+from app.middleware import (
+    PROBE_PATHS,
+    declared_too_large,
+    request_id_of,
+    send_problem,
+    streamed_too_large,
+)
+from app.signing import (
+    MAX_SKEW_MS,
+    MAX_TIMESTAMP_DIGITS,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    body_digest,
+    verify,
+)
 
 _SIGNATURE: Final = re.compile(rb"[0-9A-Fa-f]{64}")
-_MAX_TIMESTAMP_DIGITS: Final = 16
 _CHALLENGE: Final = {"WWW-Authenticate": 'Bearer realm="ephemeral-broker"'}
 _HOW: Final = (
     f"send Authorization: Bearer <secret>, or {TIMESTAMP_HEADER} and {SIGNATURE_HEADER} "
@@ -95,12 +107,7 @@ class AuthMiddleware:
 
         if has_body:
             if length is not None and length.isdigit() and int(length) > self._limit:
-                await send_problem(scope, send, BrokerError(
-                    "too_large",
-                    f"request body of {int(length)} bytes (Content-Length) is over "
-                    f"max_request_size of {self._limit} bytes",
-                    headers={"Connection": "close"},
-                ))  # fmt: skip
+                await send_problem(scope, send, declared_too_large(int(length), self._limit))
                 return
             body = await self._read_body(receive)
             if body is None:
@@ -135,7 +142,7 @@ class AuthMiddleware:
         await self.app(scope, _Replay(body, receive) if has_body else receive, send)
 
     def _check_signature_headers(self, timestamp: bytes, signature: bytes) -> None:
-        if not (0 < len(timestamp) <= _MAX_TIMESTAMP_DIGITS and timestamp.isdigit()):
+        if not (0 < len(timestamp) <= MAX_TIMESTAMP_DIGITS and timestamp.isdigit()):
             raise _Refused(
                 f"{TIMESTAMP_HEADER} must be the time of the request in Unix epoch milliseconds"
             )
@@ -160,11 +167,7 @@ class AuthMiddleware:
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
             if size > self._limit:
-                return BrokerError(
-                    "too_large",
-                    f"request body passed max_request_size of {self._limit} bytes while streaming",
-                    headers={"Connection": "close"},
-                )
+                return streamed_too_large(self._limit)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)

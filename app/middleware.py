@@ -220,6 +220,22 @@ def _closing(code: ErrorCode, detail: str) -> BrokerError:
     return BrokerError(code, detail, headers={"Connection": "close"})
 
 
+def declared_too_large(declared: int, limit: int) -> BrokerError:
+    """A Content-Length over max_request_size (here, and in auth before it reads a body)."""
+    return _closing(
+        "too_large",
+        f"request body of {declared} bytes (Content-Length) is over max_request_size of "
+        f"{limit} bytes",
+    )
+
+
+def streamed_too_large(limit: int) -> BrokerError:
+    """A body that passed max_request_size while it streamed (here, and in auth)."""
+    return _closing(
+        "too_large", f"request body passed max_request_size of {limit} bytes while streaming"
+    )
+
+
 class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, *, max_request_size: int) -> None:
         self.app = app
@@ -250,11 +266,7 @@ class BodyLimitMiddleware:
                 ))  # fmt: skip
                 return
             if declared > self.limit:
-                await send_problem(scope, send, _closing(
-                    "too_large",
-                    f"request body of {declared} bytes (Content-Length) is over max_request_size "
-                    f"of {self.limit} bytes",
-                ))  # fmt: skip
+                await send_problem(scope, send, declared_too_large(declared, self.limit))
                 return
         if declared == 0 and not chunked:
             await self.app(scope, receive, send)  # no body: nothing to guard
@@ -292,10 +304,7 @@ class _CountingReceive:
         if message["type"] == "http.request":
             self._seen += len(message.get("body", b""))
             if self._seen > self._limit:
-                raise _closing(
-                    "too_large",
-                    f"request body passed max_request_size of {self._limit} bytes while streaming",
-                )
+                raise streamed_too_large(self._limit)
         return message
 
 

@@ -18,7 +18,7 @@ TIMESTAMP_HEADER: Final = "X-Broker-Timestamp"
 SIGNATURE_HEADER: Final = "X-Broker-Signature"
 MAX_SKEW_MS: Final = 30_000
 _SIGNATURE_HEX_LENGTH: Final = 64  # SHA-256
-_MAX_TIMESTAMP_DIGITS: Final = 16  # epoch ms has 13 digits until the year 2286
+MAX_TIMESTAMP_DIGITS: Final = 16  # epoch ms has 13 digits until the year 2286
 EMPTY_BODY_SHA256: Final = hashlib.sha256(b"").hexdigest()
 
 
@@ -58,7 +58,7 @@ def verify(
     if timestamp_header is None or signature_header is None:
         return False
     if not (
-        0 < len(timestamp_header) <= _MAX_TIMESTAMP_DIGITS
+        0 < len(timestamp_header) <= MAX_TIMESTAMP_DIGITS
         and timestamp_header.isascii()
         and timestamp_header.isdigit()
     ):
