@@ -17,6 +17,12 @@ NEAR_NUMERATOR: Final = 9
 NEAR_DENOMINATOR: Final = 10
 
 
+def is_near_capacity(items: int, max_items: int) -> bool:
+    """Whether `items` is at least 90 % of `max_items` (never for an unlimited store, 0): the one
+    definition behind the capacity warnings and /v1/health's `near_capacity`."""
+    return max_items > 0 and items * NEAR_DENOMINATOR >= max_items * NEAR_NUMERATOR
+
+
 class CapacityWatch:
     __slots__ = ("_level", "max_items")
 
@@ -31,7 +37,7 @@ class CapacityWatch:
         self._level = self._BELOW
 
     def __call__(self, items: int) -> None:
-        near = items * NEAR_DENOMINATOR >= self.max_items * NEAR_NUMERATOR
+        near = is_near_capacity(items, self.max_items)
         if not near:
             if self._level != self._BELOW:
                 self._level = self._BELOW

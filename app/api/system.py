@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import json_response, metrics_of, runtime_of, store_of
 from app.api.responses import COMMON, problems
+from app.capacity import is_near_capacity
 from app.errors import BrokerError
 from app.metrics import ScrapeSnapshot
 from app.schemas import (
@@ -25,7 +26,6 @@ from app.schemas import (
 
 router = APIRouter(tags=["system"])
 
-NEAR_CAPACITY: Final = 0.9
 _PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -66,7 +66,7 @@ async def health(request: Request) -> Response:
     limit = stats.max_items
     utilization = stats.items / limit if limit else 0.0
     at_capacity = bool(limit) and stats.items >= limit
-    near_capacity = bool(limit) and utilization >= NEAR_CAPACITY
+    near_capacity = is_near_capacity(stats.items, limit)
     warning = "at_capacity" if at_capacity else "near_capacity" if near_capacity else None
     status = "draining" if runtime.draining else "degraded" if at_capacity else "healthy"
     return json_response(
