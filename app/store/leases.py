@@ -327,8 +327,12 @@ class LeaseTable:
         pool.give_back(lease.value)
         if pool.waiters:
             self._serve(pool)
-        if not pool.holders and not pool.waiters:
-            # Forget the pool: its free heap and counter start over with the next grant.
+        self._forget_if_unused(pool)
+
+    def _forget_if_unused(self, pool: _Pool) -> None:
+        """Forget a pool nobody holds or waits on: its free heap and counter start over with
+        the next grant."""
+        if not pool.holders and not pool.waiters and self._pools.get(pool.name) is pool:
             del self._pools[pool.name]
 
     def _serve(self, pool: _Pool) -> None:
@@ -387,8 +391,7 @@ class LeaseTable:
                 pool.waiters.remove(waiter)
                 waiter.queued = False
             self._waiting -= 1
-            if not pool.holders and not pool.waiters and self._pools.get(pool.name) is pool:
-                del self._pools[pool.name]
+            self._forget_if_unused(pool)
             if not self._waiting and self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
