@@ -208,23 +208,23 @@ class MemoryStore:
             self._index.add(key)
             self._stored_bytes += self._footprint(key, entry)
             self._push(key, entry)
-            if self._watchers:
-                self._watchers.notify(key)
             if self._on_items_changed is not None:
                 self._on_items_changed(len(self._items))
-            return entry, True
-        self._stored_bytes -= self._footprint(key, entry)
-        entry.data = data
-        entry.compressed = compressed
-        entry.size = len(value)
-        entry.version = self._version
-        entry.expires_at = expires_at
-        entry.ttl_ms = ttl
-        self._stored_bytes += self._footprint(key, entry)
-        self._schedule(key, entry)
+            created = True
+        else:
+            self._stored_bytes -= self._footprint(key, entry)
+            entry.data = data
+            entry.compressed = compressed
+            entry.size = len(value)
+            entry.version = self._version
+            entry.expires_at = expires_at
+            entry.ttl_ms = ttl
+            self._stored_bytes += self._footprint(key, entry)
+            self._schedule(key, entry)
+            created = False
         if self._watchers:
             self._watchers.notify(key)
-        return entry, False
+        return entry, created
 
     @staticmethod
     def _check_precondition(key: str, entry: _Entry | None, precondition: Precondition) -> None:
