@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
 from app.api import keys, leases, system
+from app.api.body import error_entries, error_sentence
 from app.auth import AuthMiddleware
 from app.capacity import CapacityWatch
 from app.clock import Clock, SystemClock
@@ -70,13 +71,12 @@ async def _on_broker_error(request: Request, exc: Exception) -> Response:
 async def _on_request_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     # Query, header and path parameters (bodies are validated in app/api/body.py).
-    entries = [
-        {"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
-        for err in exc.errors()
-    ]
-    sentence = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in entries)
+    entries = error_entries(exc.errors())
     return problem_response(
-        request, BrokerError("validation_error", f"invalid request: {sentence}", errors=entries)
+        request,
+        BrokerError(
+            "validation_error", f"invalid request: {error_sentence(entries)}", errors=entries
+        ),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -76,22 +77,33 @@ def parse_json(body: bytes) -> Any:
     return data
 
 
-def _error_entries(exc: ValidationError) -> list[dict[str, Any]]:
-    # Never echo "input": it may be a large value, and values do not belong in error bodies.
+def error_entries(errors: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The `errors` member of a problem: where, what and which kind of each failure.
+
+    Only these three: never "input", which may be a large value, and values do not belong in
+    error bodies.
+    """
     return [
-        {"loc": list(item["loc"]), "msg": item["msg"], "type": item["type"]}
-        for item in exc.errors(include_url=False, include_input=False, include_context=False)
+        {"loc": list(item.get("loc", ())), "msg": item.get("msg", ""), "type": item.get("type", "")}
+        for item in errors
     ]
+
+
+def error_sentence(entries: Iterable[Mapping[str, Any]]) -> str:
+    """The entries as one sentence for `detail`: `loc: msg; loc: msg`."""
+    return "; ".join(
+        f"{'.'.join(map(str, entry['loc'])) or 'body'}: {entry['msg']}" for entry in entries
+    )
 
 
 def validation_failure(exc: ValidationError, what: str) -> BrokerError:
     """Map a pydantic failure to the most specific stable code (SPEC section 3 error table)."""
-    entries = _error_entries(exc)
+    entries = error_entries(
+        exc.errors(include_url=False, include_input=False, include_context=False)
+    )
     first = entries[0]
     field = str(first["loc"][0]) if first["loc"] else ""
-    sentence = "; ".join(
-        f"{'.'.join(map(str, entry['loc'])) or 'body'}: {entry['msg']}" for entry in entries
-    )
+    sentence = error_sentence(entries)
     code: ErrorCode
     if field == "ttl_ms":
         code = "ttl_required" if first["type"] == "missing" else "invalid_ttl"
