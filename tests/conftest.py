@@ -182,6 +182,23 @@ def broker(start_broker: BrokerFactory) -> BrokerProcess:
     return start_broker()
 
 
+PROBLEM_FIELDS = {"type", "title", "status", "detail", "code", "request_id"}
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is a complete problem+json answer with this status and code."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    problem: dict[str, Any] = response.json()
+    assert set(problem) >= PROBLEM_FIELDS, problem
+    assert problem["status"] == status
+    assert problem["code"] == code, problem
+    assert problem["type"] == f"urn:ephemeral-broker:error:{code}"
+    assert problem["request_id"] == response.headers["x-request-id"]
+    assert problem["detail"] and problem["title"]
+    return problem
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
     """Poll a condition that a real process makes true; fails with `what` after `timeout`."""
     deadline = time.monotonic() + timeout

@@ -14,24 +14,9 @@ from app.clock import FakeClock
 from app.main import create_app
 from app.settings import BrokerSettings
 from app.store import MemoryStore, StoreLimits
-from tests.conftest import AppFactory, asgi_call
+from tests.conftest import AppFactory, asgi_call, assert_problem
 
 pytestmark = pytest.mark.anyio
-
-PROBLEM_FIELDS = {"type", "title", "status", "detail", "code", "request_id"}
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    problem: dict[str, Any] = response.json()
-    assert set(problem) >= PROBLEM_FIELDS
-    assert problem["status"] == status
-    assert problem["code"] == code
-    assert problem["type"] == f"urn:ephemeral-broker:error:{code}"
-    assert problem["request_id"] == response.headers["x-request-id"]
-    assert problem["detail"] and problem["title"]
-    return problem
 
 
 def nested(depth: int) -> str:

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.clock import FakeClock
 from app.store import MemoryStore
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, assert_problem
 
 pytestmark = pytest.mark.anyio
 
@@ -28,15 +28,6 @@ def metric(text: str, name: str, labels: dict[str, str] | None = None) -> float:
             if sample.name == name and (labels is None or sample.labels == labels):
                 return float(sample.value)
     return 0.0
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body: dict[str, Any] = response.json()
-    assert body["code"] == code, body
-    assert body["detail"]
-    return body
 
 
 async def parked_leases(api: httpx.AsyncClient, count: int) -> None:
