@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -42,10 +41,6 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def this_thread_cpu_seconds() -> float:
-    return time.thread_time()
 
 
 @dataclass
@@ -168,7 +163,3 @@ class Progress:
     def finish(self) -> None:
         sys.stderr.write(f"\rdone in {time.monotonic() - self.started:.1f}s{' ' * 70}\n")
         sys.stderr.flush()
-
-
-def round_all(values: dict[str, Any], digits: int = 2) -> dict[str, Any]:
-    return {k: round(v, digits) if isinstance(v, float) else v for k, v in values.items()}

@@ -10,7 +10,6 @@ from fastapi import Request, Response
 from app.errors import BrokerError
 from app.metrics import BrokerMetrics
 from app.runtime import Runtime
-from app.settings import BrokerSettings
 from app.store import Store
 from app.store.base import VersionMatch
 
@@ -20,11 +19,6 @@ JSON: Final = "application/json"
 def store_of(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
-
-
-def settings_of(request: Request) -> BrokerSettings:
-    settings: BrokerSettings = request.app.state.settings
-    return settings
 
 
 def runtime_of(request: Request) -> Runtime:
