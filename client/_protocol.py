@@ -301,7 +301,18 @@ def exchange(wire: Wire, call: Call[T]) -> Plan[T]:
     refused: httpx.ConnectError | None = None
     while True:
         attempt += 1
-        request = build_request(wire, call, deadline - time.monotonic())
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            # Only after a pause that overslept on a loaded machine (the budget itself is
+            # positive): a non-positive timeout would make httpcore raise ValueError.
+            if refused is not None:
+                raise _unreachable(wire, call, refused, attempt - 1, started) from refused
+            raise BrokerTimeout(
+                "timeout",
+                f"the {budget:g} s budget for {call.subject} ran out before the request "
+                f"could be sent to the broker at {wire.socket}",
+            )
+        request = build_request(wire, call, remaining)
         sent_at = time.perf_counter()
         outcome: Reply | httpx.RequestError = yield request
         if isinstance(outcome, Reply):
@@ -351,16 +362,21 @@ def _retry_delay(
             f"sent, so it may or may not have been applied; not retried ({_describe(error)})",
         ) from error
     if remaining < MIN_ATTEMPT_S:
-        raise BrokerUnavailable(
-            "unavailable",
-            f"cannot reach the broker at {wire.socket} for {call.subject}: "
-            f"{_describe(error)} ({attempt} attempts in "
-            f"{time.monotonic() - started:.2f} s)",
-        ) from error
+        raise _unreachable(wire, call, error, attempt, started) from error
     backoff = min(BACKOFF_FIRST_S * (1 << min(attempt - 1, 16)), BACKOFF_CAP_S)
     # Jitter spreads the retries of many workers that started together.
     backoff *= 0.5 + random.random() / 2  # noqa: S311 - jitter, not a secret
     return min(backoff, remaining - MIN_ATTEMPT_S)
+
+
+def _unreachable(
+    wire: Wire, call: Call[Any], error: httpx.RequestError, attempts: int, started: float
+) -> BrokerUnavailable:
+    return BrokerUnavailable(
+        "unavailable",
+        f"cannot reach the broker at {wire.socket} for {call.subject}: "
+        f"{_describe(error)} ({attempts} attempts in {time.monotonic() - started:.2f} s)",
+    )
 
 
 def _describe(error: Exception) -> str:

@@ -8,10 +8,11 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
-from client import BrokerUnavailable
-from client._protocol import BACKOFF_CAP_S
+from client import BrokerTimeout, BrokerUnavailable
+from client._protocol import BACKOFF_CAP_S, Call, Sleep, exchange, resolve_wire
 from tests.client_helpers import Clients, RawServer, clients, http_answer, uds_transport
 from tests.conftest import BrokerFactory
 
@@ -144,3 +145,59 @@ def test_defect_26_a_dead_broker_costs_each_call_its_budget_and_no_more(
         assert time.monotonic() - started < 0.3 + MARGIN_S
     start_broker(socket=path)
     assert b.ping() >= 0
+
+
+class SteppedClock:
+    """time.monotonic for the retry plan, moved by hand: the test decides how long a pause
+    'took', as a stalled machine would."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_pause_that_oversleeps_the_budget_ends_the_call_with_the_connection_error(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by CI on a loaded machine: the pause before a retry ended after the deadline and
+    the next attempt was given a negative timeout, which httpcore refuses with ValueError. The
+    call must end as 'cannot reach the broker', like any other spent budget."""
+    clock = SteppedClock()
+    monkeypatch.setattr(time, "monotonic", clock)
+    wire = resolve_wire(short_tmp / "missing.sock", None, 0.3)
+    plan = exchange(wire, Call("GET", "/v1/ping", lambda reply: reply.status, "ping"))
+    first = next(plan)
+    assert isinstance(first, httpx.Request)
+    assert first.extensions["timeout"]["connect"] == pytest.approx(0.3)
+    pause = plan.send(httpx.ConnectError("[Errno 2] No such file or directory"))
+    assert isinstance(pause, Sleep)
+    assert 0 < pause.seconds < 0.3
+    clock.now += 0.3 + 0.05  # the pause overslept the whole budget
+    with pytest.raises(BrokerUnavailable) as caught:
+        plan.send(None)
+    assert caught.value.code == "unavailable"
+    assert "cannot reach the broker" in caught.value.detail
+    assert "for ping" in caught.value.detail
+    assert "No such file or directory (1 attempts in 0.35 s)" in caught.value.detail
+    assert isinstance(caught.value.__cause__, httpx.ConnectError)
+
+
+def test_a_budget_spent_before_the_first_attempt_is_a_timeout_not_a_crash(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny timeout can run out between the call starting and its first request being built;
+    the answer is BrokerTimeout naming the call, never a request with a negative timeout."""
+    clock = SteppedClock()
+    ticks = iter([clock.now, clock.now + 0.002])
+    monkeypatch.setattr(time, "monotonic", lambda: next(ticks))
+    wire = resolve_wire(short_tmp / "missing.sock", None, 0.001)
+    plan = exchange(wire, Call("GET", "/v1/ping", lambda reply: reply.status, "ping"))
+    with pytest.raises(BrokerTimeout) as caught:
+        next(plan)
+    assert caught.value.code == "timeout"
+    assert caught.value.detail == (
+        f"the 0.001 s budget for ping ran out before the request could be sent to the broker "
+        f"at {short_tmp / 'missing.sock'}"
+    )
