@@ -299,14 +299,15 @@ def exchange(wire: Wire, call: Call[T]) -> Plan[T]:
     deadline = started + budget
     attempt = 0
     refused: httpx.ConnectError | None = None
+    retried: httpx.RequestError | None = None  # the failure the pause before this attempt followed
     while True:
         attempt += 1
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            # Only after a pause that overslept on a loaded machine (the budget itself is
-            # positive): a non-positive timeout would make httpcore raise ValueError.
-            if refused is not None:
-                raise _unreachable(wire, call, refused, attempt - 1, started) from refused
+            # A pause that overslept on a loaded machine, or a budget too small to build the
+            # first request in: a non-positive timeout would make httpcore raise ValueError.
+            if retried is not None:
+                raise _unreachable(wire, call, retried, attempt - 1, started) from retried
             raise BrokerTimeout(
                 "timeout",
                 f"the {budget:g} s budget for {call.subject} ran out before the request "
@@ -325,6 +326,7 @@ def exchange(wire: Wire, call: Call[T]) -> Plan[T]:
             # not there a moment ago: still "cannot reach", not "no answer".
             outcome = refused
         delay = _retry_delay(wire, call, outcome, attempt, started, deadline, budget)
+        retried = outcome
         yield Sleep(delay)
 
 

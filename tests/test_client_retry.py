@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from client import BrokerTimeout, BrokerUnavailable
-from client._protocol import BACKOFF_CAP_S, Call, Sleep, exchange, resolve_wire
+from client._protocol import BACKOFF_CAP_S, Call, Plan, Sleep, exchange, resolve_wire
 from tests.client_helpers import Clients, RawServer, clients, http_answer, uds_transport
 from tests.conftest import BrokerFactory
 
@@ -158,20 +158,33 @@ class SteppedClock:
         return self.now
 
 
-def test_a_pause_that_oversleeps_the_budget_ends_the_call_with_the_connection_error(
-    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+def _ping_plan(socket: Path, timeout: float) -> Plan[int]:
+    wire = resolve_wire(socket, None, timeout)
+    return exchange(wire, Call("GET", "/v1/ping", lambda reply: reply.status, "ping"))
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.ConnectError("[Errno 2] No such file or directory"),
+        # An idempotent call whose connection broke after sending is retried too.
+        httpx.RemoteProtocolError("Server disconnected without sending a response."),
+    ],
+    ids=["not-connected", "connection-broke"],
+)
+def test_a_pause_that_oversleeps_the_budget_ends_the_call_with_the_last_failure(
+    failure: httpx.RequestError, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Found by CI on a loaded machine: the pause before a retry ended after the deadline and
     the next attempt was given a negative timeout, which httpcore refuses with ValueError. The
     call must end as 'cannot reach the broker', like any other spent budget."""
     clock = SteppedClock()
     monkeypatch.setattr(time, "monotonic", clock)
-    wire = resolve_wire(short_tmp / "missing.sock", None, 0.3)
-    plan = exchange(wire, Call("GET", "/v1/ping", lambda reply: reply.status, "ping"))
+    plan = _ping_plan(short_tmp / "missing.sock", 0.3)
     first = next(plan)
     assert isinstance(first, httpx.Request)
     assert first.extensions["timeout"]["connect"] == pytest.approx(0.3)
-    pause = plan.send(httpx.ConnectError("[Errno 2] No such file or directory"))
+    pause = plan.send(failure)
     assert isinstance(pause, Sleep)
     assert 0 < pause.seconds < 0.3
     clock.now += 0.3 + 0.05  # the pause overslept the whole budget
@@ -180,8 +193,8 @@ def test_a_pause_that_oversleeps_the_budget_ends_the_call_with_the_connection_er
     assert caught.value.code == "unavailable"
     assert "cannot reach the broker" in caught.value.detail
     assert "for ping" in caught.value.detail
-    assert "No such file or directory (1 attempts in 0.35 s)" in caught.value.detail
-    assert isinstance(caught.value.__cause__, httpx.ConnectError)
+    assert f"{failure} (1 attempts in 0.35 s)" in caught.value.detail
+    assert caught.value.__cause__ is failure
 
 
 def test_a_budget_spent_before_the_first_attempt_is_a_timeout_not_a_crash(
@@ -189,11 +202,9 @@ def test_a_budget_spent_before_the_first_attempt_is_a_timeout_not_a_crash(
 ) -> None:
     """A tiny timeout can run out between the call starting and its first request being built;
     the answer is BrokerTimeout naming the call, never a request with a negative timeout."""
-    clock = SteppedClock()
-    ticks = iter([clock.now, clock.now + 0.002])
+    ticks = iter([1000.0, 1000.002])
     monkeypatch.setattr(time, "monotonic", lambda: next(ticks))
-    wire = resolve_wire(short_tmp / "missing.sock", None, 0.001)
-    plan = exchange(wire, Call("GET", "/v1/ping", lambda reply: reply.status, "ping"))
+    plan = _ping_plan(short_tmp / "missing.sock", 0.001)
     with pytest.raises(BrokerTimeout) as caught:
         next(plan)
     assert caught.value.code == "timeout"
