@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 
-from app import __version__
 from bench import http_bench, leases, memory_bench, store_bench
 from bench.harness import Progress, start_baseline, start_broker
+from ephemeral_broker import __version__
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.harness import Latencies, ServerProcess
-from client import AsyncBrokerClient, BrokerClient
+from ephemeral_broker_client import AsyncBrokerClient, BrokerClient
 
 VALUE_100B = "v" * 98  # 100 bytes of canonical JSON with its quotes
 TTL_MS = 600_000

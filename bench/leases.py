@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from app.clock import FakeClock
-from app.settings import BrokerSettings
-from app.store import MemoryStore, StoreLimits
+from ephemeral_broker.clock import FakeClock
+from ephemeral_broker.settings import BrokerSettings
+from ephemeral_broker.store import MemoryStore, StoreLimits
 
 SMALL_POOL: Final = 100
 LARGE_POOL: Final = 100_000

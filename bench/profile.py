@@ -44,7 +44,7 @@ START_SIGNAL = signal.SIGUSR1
 
 def serve_profiled(socket_path: str, out: str) -> None:
     """The child: the broker's own `serve`, profiled from START_SIGNAL until it stops."""
-    from app.cli import main
+    from ephemeral_broker.cli import main
 
     profiler = cProfile.Profile(time.thread_time)
     # The handler runs on the main thread, which is the one serving: that is what it profiles.
@@ -72,7 +72,7 @@ def shares(stats: pstats.Stats) -> list[tuple[str, float]]:
 
 
 def profile(requests: int) -> tuple[list[tuple[str, float]], pstats.Stats]:
-    from client import BrokerClient
+    from ephemeral_broker_client import BrokerClient
 
     workdir = Path(tempfile.mkdtemp(prefix="ebp-", dir="/tmp"))
     socket_path, out = str(workdir / "s.sock"), str(workdir / "profile.out")

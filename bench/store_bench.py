@@ -7,9 +7,9 @@ import time
 
 import orjson
 
-from app.clock import FakeClock
-from app.store import MemoryStore, StoreLimits
 from bench.harness import median
+from ephemeral_broker.clock import FakeClock
+from ephemeral_broker.store import MemoryStore, StoreLimits
 
 VALUE = orjson.dumps("v" * 98)
 TTL_MS = 3_600_000

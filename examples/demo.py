@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from client import BrokerClient
+from ephemeral_broker_client import BrokerClient
 
 WORKERS = 6
 ACCOUNTS = 4

@@ -29,7 +29,7 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from client import AsyncBrokerClient, AsyncLease, BrokerClient, PendingLease
+from ephemeral_broker_client import AsyncBrokerClient, AsyncLease, BrokerClient, PendingLease
 from tests.conftest import BrokerProcess, kill_broker, launch_broker
 
 

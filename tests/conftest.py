@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
-from app.clock import FakeClock
-from app.main import create_app
-from app.settings import BrokerSettings
+from ephemeral_broker.clock import FakeClock
+from ephemeral_broker.main import create_app
+from ephemeral_broker.settings import BrokerSettings
 
 pytest_plugins = ["pytester"]
 

@@ -10,10 +10,10 @@ import httpx
 import orjson
 import pytest
 
-from app.clock import FakeClock
-from app.main import create_app
-from app.settings import BrokerSettings
-from app.store import MemoryStore, StoreLimits
+from ephemeral_broker.clock import FakeClock
+from ephemeral_broker.main import create_app
+from ephemeral_broker.settings import BrokerSettings
+from ephemeral_broker.store import MemoryStore, StoreLimits
 from tests.conftest import AppFactory, asgi_call, assert_problem
 
 pytestmark = pytest.mark.anyio

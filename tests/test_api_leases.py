@@ -9,8 +9,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.clock import FakeClock
-from app.store import MemoryStore
+from ephemeral_broker.clock import FakeClock
+from ephemeral_broker.store import MemoryStore
 from tests.conftest import AppFactory, assert_problem
 
 pytestmark = pytest.mark.anyio

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import __version__
-from app.clock import FakeClock
+from ephemeral_broker import __version__
+from ephemeral_broker.clock import FakeClock
 from tests.conftest import AppFactory
 
 pytestmark = pytest.mark.anyio
@@ -169,8 +169,8 @@ def test_fastapi_telemetry_stays_off_whatever_the_environment(
 ) -> None:
     """The broker never exports spans, metrics or logs: FastAPI's native OpenTelemetry would
     name URL paths (keys) and send them wherever the environment's exporters point."""
-    from app.main import create_app
-    from app.settings import BrokerSettings
+    from ephemeral_broker.main import create_app
+    from ephemeral_broker.settings import BrokerSettings
 
     monkeypatch.setenv("FASTAPI_OTEL_AUTO_CONFIGURE", "true")
     app = create_app(BrokerSettings())

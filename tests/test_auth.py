@@ -14,10 +14,10 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from app.clock import FakeClock
-from app.main import create_app
-from app.settings import BrokerSettings
-from app.signing import sign, signature_headers
+from ephemeral_broker.clock import FakeClock
+from ephemeral_broker.main import create_app
+from ephemeral_broker.settings import BrokerSettings
+from ephemeral_broker.signing import sign, signature_headers
 from tests.conftest import BROKER_EXE, AppFactory, BrokerFactory, BrokerProcess, asgi_call
 
 SECRET = "s3cret-for-tests-0123456789abcdef"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import orjson
 
-from app.signing import verify
-from client import BrokerClient
+from ephemeral_broker.signing import verify
+from ephemeral_broker_client import BrokerClient
 from tests.client_helpers import RawServer, http_answer, ns, shared_broker
 from tests.conftest import BIN_DIR, BrokerProcess
 
@@ -183,7 +183,7 @@ def test_the_secret_is_read_from_ephemeral_secret(short_tmp: Path) -> None:
 def test_client_commands_do_not_load_the_server_stack(shared_broker: BrokerProcess) -> None:
     probe = (
         "import sys\n"
-        "from app.cli import main\n"
+        "from ephemeral_broker.cli import main\n"
         f"code = main(['ping', '--socket', {str(shared_broker.socket)!r}])\n"
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & "
         "{'fastapi', 'uvicorn', 'starlette', 'prometheus_client', 'pydantic_settings'})\n"

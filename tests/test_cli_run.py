@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from app.runner import supervise
-from app.server import SIGNALS, run_in_new_loop
-from app.settings import BrokerSettings
+from ephemeral_broker.runner import supervise
+from ephemeral_broker.server import SIGNALS, run_in_new_loop
+from ephemeral_broker.settings import BrokerSettings
 from tests.conftest import BROKER_EXE, read_first_line
 
 PYTHON = sys.executable
@@ -48,7 +48,7 @@ print(json.dumps({
 
 AUTH_CHILD = r"""
 import hashlib, json, os, time, httpx
-from app.signing import signature_headers
+from ephemeral_broker.signing import signature_headers
 secret = os.environ["EPHEMERAL_SECRET"]
 client = httpx.Client(transport=httpx.HTTPTransport(uds=os.environ["EPHEMERAL_PIPE"]),
                       base_url="http://localhost", timeout=30)

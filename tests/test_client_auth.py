@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from client import AuthFailed
+from ephemeral_broker_client import AuthFailed
 from tests.client_helpers import each_kind
 from tests.conftest import BIN_DIR, BrokerFactory, BrokerProcess
 

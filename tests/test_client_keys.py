@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from client import (
+from ephemeral_broker_client import (
     AsyncBrokerClient,
     BrokerClient,
     BrokerError,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from client import (
+from ephemeral_broker_client import (
     BrokerClient,
     BrokerUnavailable,
     KeyNotFound,
@@ -22,7 +22,7 @@ from client import (
     PreconditionFailed,
     StoreFull,
 )
-from client import _operations as operations
+from ephemeral_broker_client import _operations as operations
 from tests.client_helpers import (
     Clients,
     RawServer,

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from client import ONCE_LOCK_SUFFIX, AsyncBrokerClient, BrokerClient
+from ephemeral_broker_client import ONCE_LOCK_SUFFIX, AsyncBrokerClient, BrokerClient
 from tests.client_helpers import Clients, clients, ns, shared_broker
 from tests.conftest import BrokerProcess, wait_until
 
@@ -82,7 +82,7 @@ WORKER = textwrap.dedent(
     """
     import os, sys, time
     import orjson
-    from client import BrokerClient
+    from ephemeral_broker_client import BrokerClient
 
     key, log, mode = sys.argv[1], sys.argv[2], sys.argv[3]
 

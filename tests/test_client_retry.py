@@ -11,8 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client import BrokerTimeout, BrokerUnavailable
-from client._protocol import BACKOFF_CAP_S, Call, Plan, Sleep, exchange, resolve_wire
+from ephemeral_broker_client import BrokerTimeout, BrokerUnavailable
+from ephemeral_broker_client._protocol import (
+    BACKOFF_CAP_S,
+    Call,
+    Plan,
+    Sleep,
+    exchange,
+    resolve_wire,
+)
 from tests.client_helpers import Clients, RawServer, clients, http_answer, uds_transport
 from tests.conftest import BrokerFactory
 
@@ -115,7 +122,7 @@ def test_defect_23_both_constructors_fail_the_same_way_at_once(
     """Seed defect #23: the Node client's constructor threw synchronously while its methods
     rejected asynchronously, with different errors. Here both clients refuse a missing socket
     setting at construction with the same class a method raises for an unreachable broker."""
-    from client import AsyncBrokerClient, BrokerClient
+    from ephemeral_broker_client import AsyncBrokerClient, BrokerClient
 
     monkeypatch.delenv("EPHEMERAL_PIPE", raising=False)
     messages = []

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import PROBLEM_CONTENT_TYPE, problem_body
-from app.signing import verify
-from client import AuthFailed, BrokerClient
+from ephemeral_broker.errors import PROBLEM_CONTENT_TYPE, problem_body
+from ephemeral_broker.signing import verify
+from ephemeral_broker_client import AuthFailed, BrokerClient
 from tests.client_helpers import Clients, RawServer, clients, http_answer
 
 __all__ = ["clients"]  # the fixture the tests below use

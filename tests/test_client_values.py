@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from client import BrokerError, InvalidResponse
+from ephemeral_broker_client import BrokerError, InvalidResponse
 from tests.client_helpers import Clients, RawServer, clients, http_answer, uds_transport
 
 __all__ = ["clients"]  # the fixture the tests below use

@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.lifecycle import seconds_until_idle
-from app.logs import logger as broker_logger
-from app.main import create_app
-from app.server import SIGNALS, run_in_new_loop, serve
-from app.settings import BrokerSettings
+from ephemeral_broker.lifecycle import seconds_until_idle
+from ephemeral_broker.logs import logger as broker_logger
+from ephemeral_broker.main import create_app
+from ephemeral_broker.server import SIGNALS, run_in_new_loop, serve
+from ephemeral_broker.settings import BrokerSettings
 from tests.conftest import BrokerFactory, BrokerProcess, wait_until
 
 # ---- helpers -------------------------------------------------------------------------------

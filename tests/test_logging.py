@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.logs import JsonFormatter, TextFormatter
+from ephemeral_broker.logs import JsonFormatter, TextFormatter
 from tests.conftest import BrokerFactory
 
 VALUE = "VALUE-7f3a9c-must-never-be-logged"

@@ -10,8 +10,8 @@ import zlib
 import orjson
 import pytest
 
-from app.main import create_app
-from app.settings import BrokerSettings
+from ephemeral_broker.main import create_app
+from ephemeral_broker.settings import BrokerSettings
 from tests.conftest import asgi_call, http_scope
 
 pytestmark = pytest.mark.anyio

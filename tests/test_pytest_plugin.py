@@ -1,4 +1,5 @@
-"""The pytest plugin (`client.pytest_plugin`), run the way users run it: `pytester` suites
+"""The pytest plugin (`ephemeral_broker_client.pytest_plugin`), run the way users run it:
+`pytester` suites
 under `--broker` with `-n 4` and without xdist, real interruptions (a KeyboardInterrupt in a
 test, Ctrl-C to the process group, SIGKILL of pytest), a broker given by $EPHEMERAL_PIPE, and
 the `examples/pytest-xdist` project copied and run as a user would."""
@@ -22,9 +23,9 @@ import pytest
 # imported when it ends, and a second copy of the client's modules imported by a later run
 # would mix with the first (the package keeps its attributes). Runs that talk to a broker
 # run in a subprocess: httpx imports httpcore only on first use, with the same effect.
-import client._pytest_broker
-import client._pytest_fixtures  # noqa: F401
-from client.pytest_plugin import once_fixture
+import ephemeral_broker_client._pytest_broker
+import ephemeral_broker_client._pytest_fixtures  # noqa: F401
+from ephemeral_broker_client.pytest_plugin import once_fixture
 from tests.conftest import BrokerProcess, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +37,7 @@ CONFTEST = """
 import json, os, time
 from pathlib import Path
 
-from client.pytest_plugin import once_fixture
+from ephemeral_broker_client.pytest_plugin import once_fixture
 
 EVENTS = Path(__file__).parent / "events.jsonl"
 
@@ -512,7 +513,7 @@ def test_a_failing_teardown_is_an_error_at_the_last_test(
 ) -> None:
     pytester.makeconftest(
         """
-        from client.pytest_plugin import once_fixture
+        from ephemeral_broker_client.pytest_plugin import once_fixture
 
         def explode(value):
             raise RuntimeError(f"cannot drop {value}")
@@ -635,14 +636,15 @@ def test_the_plugin_is_registered_by_the_distribution() -> None:
     from importlib.metadata import entry_points
 
     (entry,) = [ep for ep in entry_points(group="pytest11") if ep.name == "ephemeral_broker"]
-    assert entry.value == "client.pytest_plugin"
+    assert entry.value == "ephemeral_broker_client.pytest_plugin"
 
 
 def test_a_disabled_plugin_does_not_import_the_client() -> None:
     # Loaded by every pytest run in the environment: it must not cost them httpx.
     probe = (
-        "import sys, client.pytest_plugin; "
-        "print(sorted(m for m in ('httpx', 'client._sync', 'app') if m in sys.modules))"
+        "import sys, ephemeral_broker_client.pytest_plugin; "
+        "heavy = ('httpx', 'ephemeral_broker_client._sync', 'ephemeral_broker'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
     )
     output = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.errors import ERRORS
-from app.metrics import BrokerMetrics
-from app.settings import BrokerSettings
-from app.store.base import Store
+from ephemeral_broker.errors import ERRORS
+from ephemeral_broker.metrics import BrokerMetrics
+from ephemeral_broker.settings import BrokerSettings
+from ephemeral_broker.store.base import Store
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 
@@ -44,7 +44,7 @@ def test_defect_19_every_default_is_a_named_documented_setting() -> None:
 def test_defect_20_the_public_api_is_documented() -> None:
     """Seed defect #20: the public API had no doc comments. Every public name of the client
     package, every public method of both clients and of the Store protocol has a docstring."""
-    import client
+    import ephemeral_broker_client as client
 
     for name, member in inspect.getmembers(Store, inspect.isfunction):
         if not name.startswith("_"):

@@ -15,11 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app.clock import FakeClock
-from app.main import create_app
-from app.server import SIGNALS, StartupError, bind_socket, serve
-from app.settings import BrokerSettings
-from app.store import MemoryStore
+from ephemeral_broker.clock import FakeClock
+from ephemeral_broker.main import create_app
+from ephemeral_broker.server import SIGNALS, StartupError, bind_socket, serve
+from ephemeral_broker.settings import BrokerSettings
+from ephemeral_broker.store import MemoryStore
 
 pytestmark = pytest.mark.anyio
 

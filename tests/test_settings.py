@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from app.cli import build_parser
-from app.cli_settings import settings_from_args
-from app.settings import BrokerSettings, describe_settings_error
+from ephemeral_broker.cli import build_parser
+from ephemeral_broker.cli_settings import settings_from_args
+from ephemeral_broker.settings import BrokerSettings, describe_settings_error
 from tests.conftest import BROKER_EXE
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from app.signing import canonical_string, sign, signature_headers, verify
+from ephemeral_broker.signing import canonical_string, sign, signature_headers, verify
 
 SECRET = "correct horse battery staple"
 NOW = 1_767_225_600_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from app.store.sortedkeys import SortedKeys
+from ephemeral_broker.store.sortedkeys import SortedKeys
 
 
 def test_random_operations_match_a_sorted_reference() -> None:

@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from app.clock import FakeClock
-from app.errors import BrokerError
-from app.settings import BrokerSettings
-from app.store import LeaseGrant, MemoryStore, StoreLimits
+from ephemeral_broker.clock import FakeClock
+from ephemeral_broker.errors import BrokerError
+from ephemeral_broker.settings import BrokerSettings
+from ephemeral_broker.store import LeaseGrant, MemoryStore, StoreLimits
 
 pytestmark = pytest.mark.anyio
 

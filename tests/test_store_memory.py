@@ -9,11 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from app.clock import FakeClock
-from app.errors import BrokerError
-from app.store import MemoryStore, Precondition, StoreLimits
-from app.store import memory as memory_module
-from app.store.memory import ENTRY_OVERHEAD_BYTES
+from ephemeral_broker.clock import FakeClock
+from ephemeral_broker.errors import BrokerError
+from ephemeral_broker.store import MemoryStore, Precondition, StoreLimits
+from ephemeral_broker.store import memory as memory_module
+from ephemeral_broker.store.memory import ENTRY_OVERHEAD_BYTES
 
 pytestmark = pytest.mark.anyio
 

@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app.clock import FakeClock
-from app.errors import BrokerError
-from app.main import create_app
-from app.settings import BrokerSettings
-from app.store import MemoryStore, StoreLimits
+from ephemeral_broker.clock import FakeClock
+from ephemeral_broker.errors import BrokerError
+from ephemeral_broker.main import create_app
+from ephemeral_broker.settings import BrokerSettings
+from ephemeral_broker.store import MemoryStore, StoreLimits
 
 pytestmark = pytest.mark.anyio
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from client import BrokerClient
-from client.pytest_plugin import once_fixture
+from ephemeral_broker_client import BrokerClient
+from ephemeral_broker_client.pytest_plugin import once_fixture
 
 ACCOUNTS = 8
 

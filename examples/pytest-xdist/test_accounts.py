@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from client import BrokerClient
+from ephemeral_broker_client import BrokerClient
 
 
 def test_the_database_was_built_once(database: str, broker: BrokerClient) -> None:

@@ -1,0 +1,3 @@
+from ephemeral_broker.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""Small helpers every router uses: where the app's parts live, conditional headers, JSON out."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import orjson
+from fastapi import Request, Response
+
+from ephemeral_broker.errors import BrokerError
+from ephemeral_broker.metrics import BrokerMetrics
+from ephemeral_broker.runtime import Runtime
+from ephemeral_broker.store import Store
+from ephemeral_broker.store.base import VersionMatch
+
+JSON: Final = "application/json"
+
+
+def store_of(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def metrics_of(request: Request) -> BrokerMetrics:
+    metrics: BrokerMetrics = request.app.state.metrics
+    return metrics
+
+
+def set_result(request: Request, result: str) -> None:
+    """Name the outcome for ephemeral_broker_operations_total{result=...} (hit, miss, created…)."""
+    request.state.result = result
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type=JSON)
+
+
+def etag(version: int) -> str:
+    return f'"{version}"'
+
+
+def parse_etags(header: str | None, name: str) -> VersionMatch | None:
+    """Parse If-Match / If-None-Match: `*`, or a list of `"<version>"` (weak `W/` accepted)."""
+    if header is None:
+        return None
+    text = header.strip()
+    if text == "*":
+        return "*"
+    versions: set[int] = set()
+    for part in text.split(","):
+        tag = part.strip().removeprefix("W/").strip('"')
+        if not (tag.isascii() and tag.isdigit() and len(tag) <= 20):
+            raise BrokerError(
+                "validation_error",
+                f'{name} must be * or a list of "<version>" ETags as returned by the broker, '
+                f"not {header[:80]!r}",
+            )
+        versions.add(int(tag))
+    return frozenset(versions)

@@ -1,0 +1,131 @@
+"""Probes, health, stats, ping and Prometheus metrics (SPEC section 3, "System")."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from typing import Final
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ephemeral_broker.api.deps import json_response, metrics_of, runtime_of, store_of
+from ephemeral_broker.api.responses import COMMON, problems
+from ephemeral_broker.capacity import is_near_capacity
+from ephemeral_broker.errors import BrokerError
+from ephemeral_broker.metrics import ScrapeSnapshot
+from ephemeral_broker.schemas import (
+    HealthResponse,
+    LivenessResponse,
+    PingResponse,
+    ReadinessResponse,
+    StatsResponse,
+)
+
+router = APIRouter(tags=["system"])
+
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_bytes() -> int:
+    """Current resident set size; peak RSS where /proc is missing (macOS)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_SIZE
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+@router.get("/healthz", name="system.healthz", summary="Liveness (no auth)",
+            response_model=LivenessResponse)  # fmt: skip
+async def healthz() -> Response:
+    return json_response({"status": "ok"})
+
+
+@router.get(
+    "/readyz",
+    name="system.readyz",
+    summary="Readiness (no auth): 503 once shutdown began",
+    response_model=ReadinessResponse,
+    responses=problems("draining"),
+)
+async def readyz(request: Request) -> Response:
+    if runtime_of(request).draining:
+        raise BrokerError("draining", "the broker is shutting down")
+    return json_response({"status": "ready"})
+
+
+@router.get("/v1/health", name="system.health", summary="Health, capacity, memory",
+            response_model=HealthResponse, responses=problems(*COMMON))  # fmt: skip
+async def health(request: Request) -> Response:
+    runtime = runtime_of(request)
+    stats = await store_of(request).stats()
+    limit = stats.max_items
+    utilization = stats.items / limit if limit else 0.0
+    at_capacity = bool(limit) and stats.items >= limit
+    near_capacity = is_near_capacity(stats.items, limit)
+    warning = "at_capacity" if at_capacity else "near_capacity" if near_capacity else None
+    status = "draining" if runtime.draining else "degraded" if at_capacity else "healthy"
+    return json_response(
+        {
+            "status": status,
+            "uptime_ms": runtime.uptime_ms(),
+            "capacity": {
+                "items": stats.items,
+                "max_items": limit,
+                "utilization": round(utilization, 6),
+                "near_capacity": near_capacity,
+                "at_capacity": at_capacity,
+                "warning": warning,
+            },
+            "memory": {"rss_bytes": rss_bytes()},
+            "connections": {"in_flight": runtime.in_flight},
+        }
+    )
+
+
+@router.get("/v1/stats", name="system.stats", summary="Counts and sizes",
+            response_model=StatsResponse, responses=problems(*COMMON))  # fmt: skip
+async def stats(request: Request) -> Response:
+    runtime = runtime_of(request)
+    store_stats = await store_of(request).stats()
+    return json_response(
+        {
+            "items": store_stats.items,
+            "leases": store_stats.leases,
+            "pools": store_stats.pools,
+            "approx_store_bytes": store_stats.approx_store_bytes,
+            "uptime_ms": runtime.uptime_ms(),
+            "requests_total": runtime.requests_total,
+            "version": runtime.version,
+        }
+    )
+
+
+@router.get("/v1/ping", name="system.ping", summary="Round-trip check",
+            response_model=PingResponse, responses=problems(*COMMON))  # fmt: skip
+async def ping() -> Response:
+    return json_response({"pong": time.time_ns() // 1_000_000})
+
+
+@router.get(
+    "/metrics",
+    name="system.metrics",
+    summary="Prometheus text exposition",
+    response_class=Response,
+    responses={
+        200: {"description": "Prometheus text format", "content": {CONTENT_TYPE_LATEST: {}}},
+        **problems(*COMMON),
+    },
+)
+async def metrics(request: Request) -> Response:
+    runtime = runtime_of(request)
+    snapshot = ScrapeSnapshot(
+        store=await store_of(request).stats(),
+        in_flight=runtime.in_flight,
+        draining=runtime.draining,
+    )
+    return Response(metrics_of(request).render(snapshot), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,295 @@
+"""The client commands of the command line (SPEC section 7): get, set, del, list, incr, lease,
+release, ping, health, stats, metrics.
+
+Output is made for shell pipelines: `get` prints a string value raw and anything else as JSON,
+`list` prints one key a line, `--json` prints the broker's whole answer. Errors are one line
+on stderr naming the command, the key and the error code. Exit codes: 0 success; 1 the
+operation failed (missing key, pool exhausted, precondition, store full…); 2 usage: bad
+arguments, no socket, a request the broker refused as malformed, or auth failed; 3 the broker
+cannot be reached (no socket, nobody listening, draining, timed out).
+
+The `client` package (and httpx with it) is imported only when a client command runs, so
+that `serve` does not pay for it, and nothing here imports the server stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket as socket_module
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from ephemeral_broker_client import BrokerClient
+
+# Broker error codes that mean the request itself was wrong (or the credentials), which on
+# the command line is a usage or settings error; every other code is the operation failing.
+USAGE_CODES: Final = frozenset(
+    {
+        "invalid_json",
+        "bad_request",
+        "invalid_key",
+        "invalid_ttl",
+        "ttl_required",
+        "validation_error",
+        "unsupported_encoding",
+        "route_not_found",
+        "method_not_allowed",
+        "auth_failed",
+    }
+)
+
+Action = Callable[["BrokerClient", argparse.Namespace], "bytes | str | None"]
+
+
+class UsageError(Exception):
+    """A problem with the command's own arguments, found before anything is sent."""
+
+
+def cli_worker_id() -> str:
+    """The worker id of `lease`/`release` without --worker: `$PYTEST_XDIST_WORKER`, else
+    `<hostname>:<parent pid>` — the invoking shell's pid, so that a script's `lease` and its
+    later `release` name the same worker although each runs in a new process."""
+    return os.environ.get("PYTEST_XDIST_WORKER") or (
+        f"{socket_module.gethostname()}:{os.getppid()}"
+    )
+
+
+def _json(value: Any, *, indent: bool = False) -> bytes:
+    import orjson
+
+    return orjson.dumps(value, option=orjson.OPT_INDENT_2 if indent else 0)
+
+
+# ---- the commands --------------------------------------------------------------------------
+
+
+def _get(broker: BrokerClient, args: argparse.Namespace) -> bytes | str:
+    item = broker.get_item(args.key, wait_ms=args.wait)
+    if args.json:
+        return _json(
+            {"key": item.key, "value": item.value, "version": item.version,
+             "expires_at": item.expires_at}
+        )  # fmt: skip
+    return item.value if isinstance(item.value, str) else _json(item.value)
+
+
+def _parse_json_value(text: str, key: str) -> Any:
+    import orjson
+
+    raw = sys.stdin.buffer.read() if text == "-" else text.encode("utf-8", "surrogateescape")
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        source = "stdin" if text == "-" else "VALUE"
+        raise UsageError(f"{source} for key {key!r} is not valid JSON: {exc}") from None
+
+
+def _set(broker: BrokerClient, args: argparse.Namespace) -> str:
+    value = _parse_json_value(args.value, args.key) if args.json_value else args.value
+    return str(broker.set(args.key, value, args.ttl, if_absent=args.if_absent))
+
+
+def _del(broker: BrokerClient, args: argparse.Namespace) -> bytes:
+    return _json(broker.delete(args.key))
+
+
+def _list(broker: BrokerClient, args: argparse.Namespace) -> bytes | str | None:
+    infos = broker.list(args.prefix, limit=args.limit)
+    if args.json:
+        return _json(
+            [{"key": i.key, "version": i.version, "expires_at": i.expires_at, "size": i.size}
+             for i in infos]
+        )  # fmt: skip
+    return "\n".join(info.key for info in infos) if infos else None
+
+
+def _incr(broker: BrokerClient, args: argparse.Namespace) -> str:
+    return str(broker.incr(args.key, args.by, args.ttl))
+
+
+def _lease(broker: BrokerClient, args: argparse.Namespace) -> bytes | str:
+    lease = broker.lease(
+        args.pool, args.worker or cli_worker_id(), ttl_ms=args.ttl, size=args.size,
+        wait_ms=args.wait,
+    )  # fmt: skip
+    if args.json:
+        return _json(
+            {"pool": lease.pool, "worker_id": lease.worker_id, "value": lease.value,
+             "token": lease.token, "expires_at": lease.expires_at, "ttl_ms": lease.ttl_ms}
+        )  # fmt: skip
+    return str(lease.value)
+
+
+def _release(broker: BrokerClient, args: argparse.Namespace) -> bytes | str:
+    worker = args.worker or cli_worker_id()
+    if args.all:
+        if args.pool is not None:
+            raise UsageError("release --all takes no POOL: it releases the worker's leases "
+                             "in every pool")  # fmt: skip
+        return str(broker.release_all(worker))
+    if args.pool is None:
+        raise UsageError("release needs a POOL, or --all")
+    return _json(broker.release(args.pool, worker))
+
+
+def _ping(broker: BrokerClient, args: argparse.Namespace) -> str:
+    return f"pong {broker.ping():.3f} ms"
+
+
+def _health(broker: BrokerClient, args: argparse.Namespace) -> bytes:
+    return _json(broker.health(), indent=True)
+
+
+def _stats(broker: BrokerClient, args: argparse.Namespace) -> bytes:
+    return _json(broker.stats(), indent=True)
+
+
+def _metrics(broker: BrokerClient, args: argparse.Namespace) -> str:
+    return broker.metrics().rstrip("\n")
+
+
+# ---- running one ---------------------------------------------------------------------------
+
+
+def _subject(args: argparse.Namespace) -> str:
+    """The command and what it is about, as the error line names them."""
+    name = getattr(args, "key", None) or getattr(args, "pool", None)
+    return f"{args.command} {name!r}" if name is not None else args.command
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    from ephemeral_broker.cli import PROG
+
+    print(f"{PROG}: {_subject(args)}: {message}", file=sys.stderr)
+    return code
+
+
+def _write(output: bytes | str) -> None:
+    data = output.encode("utf-8") if isinstance(output, str) else output
+    try:
+        sys.stdout.buffer.write(data + b"\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `ephemeral-broker list | head -1`: the reader left; that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def run_client_command(args: argparse.Namespace) -> int:
+    from ephemeral_broker.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+    from ephemeral_broker_client import BrokerClient, BrokerError, BrokerTimeout, BrokerUnavailable
+
+    action: Action = args.action
+    socket = args.socket or os.environ.get("EPHEMERAL_PIPE")
+    if not socket:
+        return _fail(args, "no broker socket: pass --socket PATH or set EPHEMERAL_PIPE", EXIT_USAGE)
+    try:
+        with BrokerClient(socket, timeout=args.timeout) as broker:
+            output = action(broker, args)
+    except (BrokerUnavailable, BrokerTimeout) as exc:
+        return _fail(args, str(exc), EXIT_UNREACHABLE)
+    except BrokerError as exc:
+        return _fail(args, str(exc), EXIT_USAGE if exc.code in USAGE_CODES else EXIT_FAILED)
+    except (UsageError, TypeError, ValueError) as exc:
+        # TypeError/ValueError: the client refused an argument before sending (a value that
+        # is not JSON, a bad timeout).
+        return _fail(args, str(exc), EXIT_USAGE)
+    if output is not None:
+        _write(output)
+    return EXIT_OK
+
+
+# ---- the parser ----------------------------------------------------------------------------
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return seconds
+
+
+# The client commands' names, known without building their parsers (cli.py's dispatch).
+CLIENT_COMMANDS: Final = frozenset(
+    {"get", "set", "del", "list", "incr", "lease", "release", "ping", "health", "stats", "metrics"}
+)
+
+
+def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the client commands on the top-level parser's subcommands."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("connection")
+    group.add_argument(
+        "--socket", metavar="PATH", help="the broker's socket [default: $EPHEMERAL_PIPE]"
+    )
+    group.add_argument(
+        "--timeout", metavar="SECONDS", type=_positive_seconds, default=5.0,
+        help="give up after this long, connection retries included [default: 5]",
+    )  # fmt: skip
+
+    def command(name: str, action: Action, summary: str) -> argparse.ArgumentParser:
+        parser = commands.add_parser(
+            name, parents=[common], help=summary,
+            description=summary + " Reads EPHEMERAL_SECRET when the broker needs auth.",
+        )  # fmt: skip
+        parser.set_defaults(handler=run_client_command, action=action)
+        return parser
+
+    def json_flag(parser: argparse.ArgumentParser, what: str) -> None:
+        parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+
+    get = command("get", _get, "Print a key's value: a string raw, anything else as JSON.")
+    get.add_argument("key", metavar="KEY")
+    get.add_argument("--wait", metavar="MS", type=int, help="wait up to MS for the key to appear")
+    json_flag(get, "the whole answer (key, value, version, expires_at)")
+
+    set_ = command("set", _set, "Set a key; prints its new version.")
+    set_.add_argument("key", metavar="KEY")
+    set_.add_argument("value", metavar="VALUE", help="a string, or JSON with --json-value")
+    set_.add_argument("--ttl", metavar="MS", type=int, help="time to live in milliseconds")
+    set_.add_argument(
+        "--json-value", action="store_true",
+        help="parse VALUE as JSON; VALUE - reads the JSON from stdin",
+    )  # fmt: skip
+    set_.add_argument("--if-absent", action="store_true", help="only create; fail if it exists")
+
+    delete = command("del", _del, "Delete a key; prints true if it existed, else false.")
+    delete.add_argument("key", metavar="KEY")
+
+    list_ = command("list", _list, "Print the live keys, one a line, sorted.")
+    list_.add_argument("--prefix", default="", metavar="P", help="only keys starting with P")
+    list_.add_argument("--limit", type=int, default=1000, metavar="N", help="at most N keys")
+    json_flag(list_, "key, version, expires_at and size of each key")
+
+    incr = command("incr", _incr, "Add to an integer key (absent counts as 0); prints it.")
+    incr.add_argument("key", metavar="KEY")
+    incr.add_argument("--by", type=int, default=1, metavar="N", help="amount to add [1]")
+    incr.add_argument("--ttl", metavar="MS", type=int, help="TTL if the key is created")
+
+    worker_help = "worker id [default: $PYTEST_XDIST_WORKER, else <hostname>:<parent pid>]"
+    lease = command("lease", _lease, "Lease the lowest free integer in a pool; prints it.")
+    lease.add_argument("pool", metavar="POOL")
+    lease.add_argument("--worker", metavar="ID", help=worker_help)
+    lease.add_argument("--ttl", metavar="MS", type=int, help="lease TTL [broker's lease_ttl]")
+    lease.add_argument("--size", metavar="N", type=int, help="values stay below N")
+    lease.add_argument("--wait", metavar="MS", type=int, help="wait up to MS for a free value")
+    json_flag(lease, "the whole lease (value, token, expires_at…)")
+
+    release = command(
+        "release", _release,
+        "Release a worker's lease in POOL (prints true/false), or with --all in every pool "
+        "(prints how many).",
+    )  # fmt: skip
+    release.add_argument("pool", metavar="POOL", nargs="?")
+    release.add_argument("--worker", metavar="ID", help=worker_help)
+    release.add_argument("--all", action="store_true", help="release in every pool")
+
+    command("ping", _ping, "Check the broker answers; prints the round trip.")
+    command("health", _health, "Print the broker's health report as JSON.")
+    command("stats", _stats, "Print the broker's counters as JSON.")
+    command("metrics", _metrics, "Print the broker's Prometheus metrics.")

@@ -1,0 +1,238 @@
+"""The application factory: one FastAPI app, its store, its metrics, its background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+from fastapi.telemetry import TelemetryConfig
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ephemeral_broker import __version__
+from ephemeral_broker.api import keys, leases, system
+from ephemeral_broker.api.body import error_entries, error_sentence
+from ephemeral_broker.auth import AuthMiddleware
+from ephemeral_broker.capacity import CapacityWatch
+from ephemeral_broker.clock import Clock, SystemClock
+from ephemeral_broker.errors import PROBLEM_CONTENT_TYPE, BrokerError, problem_body
+from ephemeral_broker.logs import logger
+from ephemeral_broker.metrics import BrokerMetrics
+from ephemeral_broker.middleware import BodyLimitMiddleware, BrokerMiddleware
+from ephemeral_broker.runtime import Runtime
+from ephemeral_broker.schemas import (
+    AcquireLeaseRequest,
+    IncrRequest,
+    ProblemDetail,
+    RenewLeaseRequest,
+    SetKeyRequest,
+    TouchRequest,
+)
+from ephemeral_broker.settings import BrokerSettings
+from ephemeral_broker.store import MemoryStore, Store, StoreLimits
+
+NO_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
+ROUTERS: tuple[APIRouter, ...] = (keys.router, leases.router, system.router)
+# Models routes parse themselves (see api/body.py): added to the OpenAPI components.
+_BODY_MODELS = (
+    SetKeyRequest,
+    IncrRequest,
+    TouchRequest,
+    AcquireLeaseRequest,
+    RenewLeaseRequest,
+    ProblemDetail,
+)
+
+
+def problem_response(request: Request, error: BrokerError) -> Response:
+    request.state.error_code = error.code
+    rid = getattr(request.state, "request_id", "-")
+    body = problem_body(error.code, error.detail, rid, error.errors)
+    return Response(body, error.status, error.headers, media_type=PROBLEM_CONTENT_TYPE)
+
+
+async def _on_broker_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BrokerError)
+    return problem_response(request, exc)
+
+
+async def _on_request_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    # Query, header and path parameters (bodies are validated in app/ephemeral_broker/api/body.py).
+    entries = error_entries(exc.errors())
+    return problem_response(
+        request,
+        BrokerError(
+            "validation_error", f"invalid request: {error_sentence(entries)}", errors=entries
+        ),
+    )
+
+
+async def _on_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    method, path = request.method, request.url.path
+    if exc.status_code == 405:
+        allow = ", ".join(_allowed_methods(request))
+        error = BrokerError(
+            "method_not_allowed",
+            f"{method} is not allowed on {path}" + (f"; allowed: {allow}" if allow else ""),
+            headers={"Allow": allow} if allow else None,
+        )
+    elif exc.status_code == 404:
+        error = BrokerError("route_not_found", f"no endpoint at {method} {path}")
+    else:
+        # Starlette raises no other statuses for our routes; keep the status, name it honestly.
+        logger.warning("unexpected HTTP exception", extra={"fields": {"status": exc.status_code}})
+        error = BrokerError("internal_error", f"unexpected HTTP status {exc.status_code}")
+    return problem_response(request, error)
+
+
+RouteTable = list[tuple[re.Pattern[str], frozenset[str]]]
+
+
+def _route_table(routers: tuple[APIRouter, ...]) -> RouteTable:
+    return [
+        (route.path_regex, frozenset(route.methods or ()))
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute)
+    ]
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette names only the first route's)."""
+    table: RouteTable = request.app.state.route_table
+    path = request.scope["path"]
+    return sorted({m for regex, methods in table if regex.match(path) for m in methods})
+
+
+async def _sweep_forever(store: Store, interval_ms: int) -> None:
+    """Reclaim expired entries every `interval_ms` (the setting, never a constant: defect #1)."""
+    while True:
+        await asyncio.sleep(interval_ms / 1000)
+        try:
+            await store.sweep()
+        except Exception:
+            logger.exception("sweeper failed; it keeps running")
+
+
+BackgroundTask = Callable[[FastAPI], Coroutine[Any, Any, None]]
+
+
+def create_app(
+    settings: BrokerSettings,
+    *,
+    store: Store | None = None,
+    clock: Clock | None = None,
+    background: tuple[BackgroundTask, ...] = (),
+) -> FastAPI:
+    """Build the broker app. `store`/`clock` are injectable for tests and benchmarks;
+    `background` are extra coroutines run for the app's lifetime (heartbeat, idle timeout)."""
+    clock = clock or SystemClock()
+    if store is None:
+        watch = CapacityWatch(settings.max_items) if settings.max_items else None
+        store = MemoryStore(StoreLimits.from_settings(settings), clock, on_items_changed=watch)
+    runtime = Runtime(version=__version__)
+    metrics = BrokerMetrics(__version__)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tasks = [asyncio.create_task(_sweep_forever(store, settings.sweeper_interval))]
+        tasks += [asyncio.create_task(job(app)) for job in background]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    app = FastAPI(
+        title="ephemeral-broker",
+        version=__version__,
+        summary="In-memory key/value and lease broker for the processes of one run, over a "
+        "Unix domain socket.",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+        # FastAPI's native OpenTelemetry turns itself on when it finds a configured provider
+        # (or FASTAPI_OTEL_AUTO_CONFIGURE=true) and would export spans naming URL paths, that
+        # is keys, to wherever the environment points. The broker exports nothing: off, always.
+        telemetry=NO_TELEMETRY,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.clock = clock
+    app.state.runtime = runtime
+    app.state.metrics = metrics
+    for router in ROUTERS:
+        app.include_router(router)
+    app.state.route_table = _route_table(ROUTERS)
+    app.add_exception_handler(BrokerError, _on_broker_error)
+    app.add_exception_handler(RequestValidationError, _on_request_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
+    # add_middleware wraps: the last added is the outermost. Outermost first: BrokerMiddleware
+    # (request id, drain gate, metrics, access log), AuthMiddleware (only with a secret; it
+    # sees the body as sent on the wire, which the signature covers), BodyLimitMiddleware.
+    app.add_middleware(BodyLimitMiddleware, max_request_size=settings.max_request_size)
+    if settings.secret is not None:
+        app.add_middleware(
+            AuthMiddleware,
+            secret=settings.secret.get_secret_value(),
+            max_request_size=settings.max_request_size,
+            clock=clock,
+        )
+    app.add_middleware(
+        BrokerMiddleware,
+        runtime=runtime,
+        metrics=metrics,
+        compression_threshold=settings.compression_threshold,
+        access_log=settings.access_log,
+    )
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            summary=app.summary,
+            description=(
+                "Served over a Unix domain socket: "
+                '`curl --unix-socket "$EPHEMERAL_PIPE" http://localhost/v1/ping`. '
+                "Every error is `application/problem+json` with a stable `code`."
+            ),
+            routes=app.routes,
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in _BODY_MODELS:
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(model_schema.pop("$defs", {}))
+            components[model.__name__] = model_schema
+        # FastAPI documents a 422 HTTPValidationError for parameters; ours is a ProblemDetail.
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                problem = operation.get("responses", {}).get("422")
+                if problem and "HTTPValidationError" in str(problem):
+                    problem["content"] = {
+                        PROBLEM_CONTENT_TYPE: {
+                            "schema": {"$ref": "#/components/schemas/ProblemDetail"}
+                        }
+                    }
+        components.pop("HTTPValidationError", None)
+        components.pop("ValidationError", None)
+        app.openapi_schema = schema
+    return app.openapi_schema

@@ -1,0 +1,465 @@
+"""Serving the app on a Unix domain socket: the socket rules of SPEC section 5, uvicorn in one
+process, signals, drain and cleanup (SPEC section 6).
+
+One uvicorn worker, on purpose: all state is in this process's memory, so a second worker
+would be a second, disjoint broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import socket
+import stat
+import threading
+from collections.abc import Callable, Coroutine, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final, TypeVar
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from ephemeral_broker.errors import ERRORS, PROBLEM_CONTENT_TYPE, ErrorCode, problem_body
+from ephemeral_broker.logs import logger
+from ephemeral_broker.runtime import Runtime
+from ephemeral_broker.settings import (
+    BrokerSettings,
+    SocketPathTooLong,
+    check_default_socket_fits,
+    check_socket_path_length,
+)
+from ephemeral_broker.unix_socket import new_private_socket_path, socket_answers
+
+HANDLED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+LISTEN_BACKLOG: Final = 1024
+# Request line plus headers. The broker's own headers are small (a signature is ~200 bytes);
+# 64 KiB leaves room for any client while bounding what one connection can make us hold.
+MAX_HEAD_BYTES: Final = 64 * 1024
+# Idle keep-alive connections are closed after this long; clients hold one pooled connection.
+KEEP_ALIVE_SECONDS: Final = 30
+_PROBE_TIMEOUT_SECONDS: Final = 0.5
+_TICK_SECONDS: Final = 0.1
+# uvicorn's Server.shutdown sleeps this long after asking connections to close.
+_UVICORN_CLOSE_PAUSE: Final = 0.1
+
+T = TypeVar("T")
+
+
+class StartupError(Exception):
+    """Start-up cannot go on; the message is the one line the user sees (exit code 2)."""
+
+
+# ---- the socket ----------------------------------------------------------------------------
+
+
+@dataclass
+class BoundSocket:
+    path: Path
+    sock: socket.socket
+    private_dir: Path | None
+    inode: int
+
+    def cleanup(self) -> None:
+        """Remove our socket file (only if it is still ours) and our private directory."""
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        try:
+            info = os.lstat(self.path)
+        except FileNotFoundError:
+            pass
+        else:
+            # Another broker may have replaced a socket we no longer serve: leave theirs alone.
+            if stat.S_ISSOCK(info.st_mode) and info.st_ino == self.inode:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+        if self.private_dir is not None:
+            with contextlib.suppress(OSError):
+                self.private_dir.rmdir()
+
+
+def socket_is_live(path: Path) -> bool:
+    """Whether something accepts connections on the socket at `path`."""
+    try:
+        return socket_answers(path, _PROBE_TIMEOUT_SECONDS)
+    except OSError as exc:
+        raise StartupError(f"cannot check the existing socket at {path}: {exc.strerror}") from exc
+
+
+def _clear_path(path: Path) -> None:
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise StartupError(
+            f"{path} exists and is not a socket; refusing to remove it (choose another --socket)"
+        )
+    if socket_is_live(path):
+        raise StartupError(f"a broker is already running on {path}")
+    logger.info("removing stale socket", extra={"fields": {"socket": str(path)}})
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def bind_socket(settings: BrokerSettings) -> BoundSocket:
+    """Create the listening socket: private dir by default, mode set by umask at bind time."""
+    private_dir: Path | None = None
+    try:
+        if settings.socket is None:
+            check_default_socket_fits()
+            path = new_private_socket_path()
+            private_dir = path.parent
+        else:
+            path = settings.socket.absolute()
+            check_socket_path_length(path)
+            if not path.parent.is_dir():
+                raise StartupError(f"the socket's directory {path.parent} does not exist")
+            _clear_path(path)
+    except SocketPathTooLong as exc:
+        raise StartupError(str(exc)) from exc
+    except OSError as exc:
+        raise StartupError(f"cannot prepare the socket: {exc}") from exc
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The socket file gets its mode from the umask at bind time: there is no instant at which
+    # it exists with wider permissions (a chmod afterwards would leave such a window).
+    # The umask is process-wide; start-up is single-threaded at this point.
+    previous_umask = os.umask(0o777 & ~settings.socket_mode)
+    try:
+        sock.bind(os.fspath(path))
+    except OSError as exc:
+        sock.close()
+        if private_dir is not None:
+            with contextlib.suppress(OSError):
+                private_dir.rmdir()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"a broker is already running on {path}") from exc
+        raise StartupError(f"cannot bind {path}: {exc.strerror}") from exc
+    finally:
+        os.umask(previous_umask)
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return BoundSocket(path, sock, private_dir, os.lstat(path).st_ino)
+
+
+# ---- signals -------------------------------------------------------------------------------
+
+
+class SignalDispatcher:
+    """The process's one handler for SIGINT and SIGTERM (seed defects #3, #4, #16).
+
+    It is installed at most once per process, however many brokers start and stop in it, and
+    forwards each signal to whoever is subscribed now. With nobody subscribed, it behaves as
+    the handler it replaced (Ctrl-C still raises KeyboardInterrupt in a test process).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[int], None]] = []
+        self._previous: dict[int, Any] = {}
+        self.installations = 0
+
+    @property
+    def installed(self) -> bool:
+        return self.installations > 0
+
+    def install(self) -> None:
+        with self._lock:
+            if self.installations or threading.current_thread() is not threading.main_thread():
+                return
+            for sig in HANDLED_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._dispatch)
+            self.installations += 1
+
+    def subscribe(self, listener: Callable[[int], None]) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock, contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    @property
+    def listener_count(self) -> int:
+        return len(self._listeners)
+
+    def _dispatch(self, signum: int, frame: FrameType | None) -> None:
+        # No lock here: the handler runs on the main thread, which may hold the lock already.
+        listeners = list(self._listeners)
+        if listeners:
+            for listener in listeners:
+                listener(signum)
+            return
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            # The default action (end the process by this signal), exactly as if we had never
+            # installed anything: the parent sees "killed by SIGTERM", not an exit code.
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+
+SIGNALS = SignalDispatcher()
+
+
+# ---- uvicorn -------------------------------------------------------------------------------
+
+
+class BrokerHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with two changes made before any app code runs:
+
+    - a request the parser cannot read is answered with problem+json (`bad_request`), not
+      uvicorn's plain-text 400: every error of ours has a stable code;
+    - the request line and headers together are bounded by MAX_HEAD_BYTES (`431
+      headers_too_large`). httptools accumulates a header value until it is complete before
+      any callback sees it, so the bound counts raw bytes as they arrive: memory spent on a
+      request's head never passes the bound by more than one read from the socket.
+    """
+
+    _head_complete = False
+    _head_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        if not self._head_complete:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if (
+            not self._head_complete
+            and self._head_bytes > MAX_HEAD_BYTES
+            and not self.transport.is_closing()
+        ):
+            self._refuse(
+                "headers_too_large",
+                f"the request line and headers passed {MAX_HEAD_BYTES} bytes",
+            )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_complete = False
+        self._head_bytes = 0
+
+    def on_headers_complete(self) -> None:
+        self._head_complete = True
+        super().on_headers_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse("bad_request", f"the HTTP request is malformed: {msg}")
+
+    def _refuse(self, code: ErrorCode, detail: str) -> None:
+        rid = os.urandom(8).hex()
+        body = problem_body(code, detail, rid)
+        status, title = ERRORS[code]
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, title.encode())]
+        for name, value in self.server_state.default_headers:
+            head.append(name + b": " + value + b"\r\n")
+        head.append(
+            b"content-type: %s\r\ncontent-length: %d\r\nx-request-id: %s\r\n"
+            b"connection: close\r\n\r\n" % (PROBLEM_CONTENT_TYPE.encode(), len(body), rid.encode())
+        )
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+
+class BrokerServer(uvicorn.Server):
+    """uvicorn's server with our signal handling and drain.
+
+    First SIGINT/SIGTERM (or an idle timeout, or `run`'s command ending): the drain flag goes up
+    (readyz 503, new requests 503 draining, long waits end), uvicorn stops listening and answers
+    what it already received, until drain_timeout after the shutdown began. Second signal: stop
+    waiting at once (exit code 1).
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        runtime: Runtime,
+        drain_timeout_ms: int,
+        on_ready: Callable[[], None],
+    ):
+        super().__init__(config)
+        self.runtime = runtime
+        self.drain_timeout = drain_timeout_ms / 1000
+        self._on_ready = on_ready
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._exit_requested: asyncio.Event | None = None
+        self._drain_deadline: float | None = None
+        self._signals_seen = 0
+        self.forced = False
+        self.stop_reason: str | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # uvicorn's own version installs handlers per serve() and re-raises the signal after
+        # shutdown (exit 143 instead of 0); SIGNALS replaces it.
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._exit_requested = asyncio.Event()
+        await super().startup(sockets)
+        if self.started:
+            self._on_ready()
+
+    async def main_loop(self) -> None:
+        # uvicorn polls should_exit every 0.1 s; waking on the event instead takes that much off
+        # every shutdown (`run` pays it once per command). on_tick still runs at least every
+        # 0.1 s: it refreshes the Date header.
+        assert self._exit_requested is not None
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864_000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exit_requested.wait(), _TICK_SECONDS)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # drain_timeout counts from the moment the shutdown began, not from the moment uvicorn
+        # gets round to waiting; uvicorn pauses _UVICORN_CLOSE_PAUSE before it waits.
+        if self._drain_deadline is not None and self._loop is not None:
+            remaining = self._drain_deadline - self._loop.time() - _UVICORN_CLOSE_PAUSE
+            # uvicorn annotates int but hands it to asyncio.wait_for: fractions matter here.
+            self.config.timeout_graceful_shutdown = max(0.0, remaining)  # type: ignore[assignment]
+        await super().shutdown(sockets)
+
+    def request_shutdown(self, reason: str) -> None:
+        """Begin a graceful shutdown (from the event loop's thread)."""
+        if self.runtime.draining:
+            return
+        self.stop_reason = reason
+        if self._loop is not None:
+            self._drain_deadline = self._loop.time() + self.drain_timeout
+        logger.info("shutting down", extra={"fields": {"reason": reason}})
+        self.runtime.begin_drain()
+        self.should_exit = True
+        if self._exit_requested is not None:
+            self._exit_requested.set()
+
+    def force_shutdown(self) -> None:
+        """Stop waiting for requests in flight and exit at once (safe in a signal handler)."""
+        if self.stop_reason is None:
+            self.stop_reason = "forced"
+        self.forced = True
+        self.force_exit = True
+        self.should_exit = True
+        if self._loop is not None and self._exit_requested is not None:
+            self._loop.call_soon_threadsafe(self._exit_requested.set)
+
+    def on_signal(self, signum: int) -> None:
+        """Runs in the signal handler: count, then hand over to the loop; no state touched."""
+        self._signals_seen += 1
+        # Counted here, not in the loop: two signals in quick succession are two signals even
+        # if the loop has not yet run the first one's callback. A signal during a drain that
+        # began otherwise (idle timeout) is a "second" one too: it asks for more than a drain.
+        if self._signals_seen > 1 or self.runtime.draining:
+            self.force_shutdown()
+            return
+        name = signal.Signals(signum).name
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.request_shutdown, name)
+        else:
+            self.stop_reason = name
+            self.should_exit = True  # not started yet: uvicorn checks this before serving
+
+
+def uvicorn_config(app: Any, *, drain_timeout_ms: int, lifespan: str = "on") -> uvicorn.Config:
+    """The broker's uvicorn configuration (the benchmark's raw-ASGI baseline uses it too)."""
+    return uvicorn.Config(
+        app,
+        http=BrokerHttpProtocol,
+        lifespan=lifespan,  # type: ignore[arg-type]
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        # Narrowed to what is left of the drain deadline when shutdown begins (see shutdown()).
+        # uvicorn annotates int but hands it to asyncio.wait_for: milliseconds matter here.
+        timeout_graceful_shutdown=drain_timeout_ms / 1000,  # type: ignore[arg-type]
+        backlog=LISTEN_BACKLOG,
+    )
+
+
+async def serve(
+    settings: BrokerSettings,
+    app: Any,
+    *,
+    on_ready: Callable[[Path], None] | None = None,
+    bound: BoundSocket | None = None,
+    stop_on_signal: bool = True,
+) -> int:
+    """Serve `app` until a signal, an idle timeout or `runtime.request_shutdown`; returns the
+    process exit code (0 after a drain, 1 when a second signal cut the drain short).
+
+    The socket (and its private directory) is removed however this ends. With
+    `stop_on_signal=False` the caller handles SIGINT/SIGTERM itself (`run` forwards them to its
+    command) and stops the broker through `runtime.request_shutdown`.
+    """
+    SIGNALS.install()
+    runtime: Runtime = app.state.runtime
+    config = uvicorn_config(app, drain_timeout_ms=settings.drain_timeout)
+    listening: list[BoundSocket] = []
+
+    def ready() -> None:
+        path = listening[0].path
+        logger.info(
+            "broker ready",
+            extra={
+                "fields": {
+                    "socket": str(path),
+                    "pid": os.getpid(),
+                    "version": runtime.version,
+                    "auth": "on" if settings.auth_enabled else "off",
+                }
+            },
+        )
+        if on_ready is not None:
+            on_ready(path)
+
+    server = BrokerServer(config, runtime, settings.drain_timeout, on_ready=ready)
+    runtime.request_shutdown = server.request_shutdown
+    runtime.force_shutdown = server.force_shutdown
+    # Subscribed before the socket exists: no signal can arrive between the bind and the
+    # subscription and take its default action, leaving the socket file behind.
+    unsubscribe = SIGNALS.subscribe(server.on_signal) if stop_on_signal else None
+    try:
+        listening.append(bound or bind_socket(settings))
+        try:
+            await server.serve(sockets=[listening[0].sock])
+        finally:
+            listening[0].cleanup()
+    finally:
+        if unsubscribe is not None:
+            unsubscribe()
+    code = 1 if server.forced else 0
+    stats = await app.state.store.stats()
+    logger.info(
+        "broker stopped",
+        extra={
+            "fields": {
+                "reason": server.stop_reason,
+                "forced": server.forced,
+                "items": stats.items,
+                "requests_total": runtime.requests_total,
+                "uptime_ms": runtime.uptime_ms(),
+            }
+        },
+    )
+    return code
+
+
+def run_in_new_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` on uvloop when it is installed (it is a dependency on POSIX)."""
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main)
