@@ -244,3 +244,15 @@ def test_broker_only_filter_reads_help_type_and_samples_by_family() -> None:
         "ephemeral_broker_items 2.0\n"
         '# HELP ephemeral_broker_errors_total Errors.\nephemeral_broker_errors_total{code="x"} 1\n'
     )
+
+
+def test_the_environment_sets_it_and_a_bare_port_means_loopback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ephemeral_broker.settings import BrokerSettings
+
+    monkeypatch.setenv("BROKER_METRICS_LISTEN", "9464")
+    settings = BrokerSettings()
+    assert settings.metrics_listen == "127.0.0.1:9464"
+    assert settings.metrics_address == ListenAddress("127.0.0.1", 9464)
+    assert BrokerSettings(metrics_listen="[::1]:80").metrics_listen == "[::1]:80"
