@@ -88,7 +88,8 @@ class SlowUpload:
 
     def __init__(self, path: Path, key: str = "slow") -> None:
         document = json.dumps({"value": "uploaded slowly", "ttl_ms": 60000}).encode()
-        self.body = document + b" " * self.PAD_BYTES
+        # Leading whitespace is part of the JSON text: the trickle sends only that.
+        self.body = b" " * self.PAD_BYTES + document
         self.sent = 10
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.settimeout(30)
@@ -106,7 +107,7 @@ class SlowUpload:
     def _trickle(self) -> None:
         while not self.stopped.wait(self.TRICKLE_SECONDS):
             with self.lock:
-                if self.stopped.is_set() or self.sent >= len(self.body) - 1:
+                if self.stopped.is_set() or self.sent >= self.PAD_BYTES:
                     return
                 try:
                     self.sock.sendall(b" ")
