@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
 import orjson
+from starlette.types import Scope, Send
 
 ErrorCode = Literal[
     "bad_request",
@@ -64,6 +65,7 @@ ERRORS: Final[Mapping[str, tuple[int, str]]] = {
 }
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
+_PROBLEM_CONTENT_TYPE_BYTES: Final = PROBLEM_CONTENT_TYPE.encode()
 RETRY_AFTER_SECONDS: Final = "1"
 
 
@@ -113,3 +115,27 @@ def quote_name(name: str, limit: int = 80) -> str:
     """A key or pool name as it appears in an error sentence: quoted, shortened, escapes visible."""
     shown = name if len(name) <= limit else name[:limit] + "…"
     return repr(shown)
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request id BrokerMiddleware gave this request ("-" before it did)."""
+    state = scope.get("state")
+    if isinstance(state, dict):
+        rid = state.get("request_id")
+        if isinstance(rid, str):
+            return rid
+    return "-"
+
+
+async def send_problem(scope: Scope, send: Send, error: BrokerError) -> None:
+    """Answer with `error` as problem+json, straight over ASGI (middleware and routes alike)."""
+    state = scope.setdefault("state", {})
+    state["error_code"] = error.code
+    body = problem_body(error.code, error.detail, request_id_of(scope), error.errors)
+    headers = [
+        (b"content-type", _PROBLEM_CONTENT_TYPE_BYTES),
+        (b"content-length", b"%d" % len(body)),
+    ]
+    headers.extend((k.lower().encode(), v.encode()) for k, v in error.headers.items())
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

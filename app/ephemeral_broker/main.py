@@ -17,14 +17,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ephemeral_broker import __version__
 from ephemeral_broker.api import keys, leases, system
-from ephemeral_broker.api.body import error_entries, error_sentence
-from ephemeral_broker.auth import AuthMiddleware
+from ephemeral_broker.api.body import request_validation_failure
+from ephemeral_broker.api.routing import RouteTable
+from ephemeral_broker.auth import Authenticator
 from ephemeral_broker.capacity import CapacityWatch
 from ephemeral_broker.clock import Clock, SystemClock
 from ephemeral_broker.errors import PROBLEM_CONTENT_TYPE, BrokerError, problem_body
 from ephemeral_broker.logs import logger
 from ephemeral_broker.metrics import BrokerMetrics
-from ephemeral_broker.middleware import BodyLimitMiddleware, BrokerMiddleware
+from ephemeral_broker.middleware import BrokerMiddleware
 from ephemeral_broker.runtime import Runtime
 from ephemeral_broker.schemas import (
     AcquireLeaseRequest,
@@ -71,13 +72,7 @@ async def _on_broker_error(request: Request, exc: Exception) -> Response:
 async def _on_request_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     # Query, header and path parameters (bodies are validated in app/ephemeral_broker/api/body.py).
-    entries = error_entries(exc.errors())
-    return problem_response(
-        request,
-        BrokerError(
-            "validation_error", f"invalid request: {error_sentence(entries)}", errors=entries
-        ),
-    )
+    return problem_response(request, request_validation_failure(exc.errors()))
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
@@ -99,10 +94,10 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     return problem_response(request, error)
 
 
-RouteTable = list[tuple[re.Pattern[str], frozenset[str]]]
+AllowTable = list[tuple[re.Pattern[str], frozenset[str]]]
 
 
-def _route_table(routers: tuple[APIRouter, ...]) -> RouteTable:
+def _route_table(routers: tuple[APIRouter, ...]) -> AllowTable:
     return [
         (route.path_regex, frozenset(route.methods or ()))
         for router in routers
@@ -113,7 +108,7 @@ def _route_table(routers: tuple[APIRouter, ...]) -> RouteTable:
 
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this path (Starlette names only the first route's)."""
-    table: RouteTable = request.app.state.route_table
+    table: AllowTable = request.app.state.route_table
     path = request.scope["path"]
     return sorted({m for regex, methods in table if regex.match(path) for m in methods})
 
@@ -182,13 +177,12 @@ def create_app(
     app.add_exception_handler(BrokerError, _on_broker_error)
     app.add_exception_handler(RequestValidationError, _on_request_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
-    # add_middleware wraps: the last added is the outermost. Outermost first: BrokerMiddleware
-    # (request id, drain gate, metrics, access log), AuthMiddleware (only with a secret; it
-    # sees the body as sent on the wire, which the signature covers), BodyLimitMiddleware.
-    app.add_middleware(BodyLimitMiddleware, max_request_size=settings.max_request_size)
+    # One middleware (middleware.py): request id, drain gate, auth (only with a secret; it sees
+    # the body as sent on the wire, which the signature covers), body limits, then straight to
+    # the route through the route table; metrics, access log and gzip around it all.
+    auth = None
     if settings.secret is not None:
-        app.add_middleware(
-            AuthMiddleware,
+        auth = Authenticator(
             secret=settings.secret.get_secret_value(),
             max_request_size=settings.max_request_size,
             clock=clock,
@@ -199,6 +193,9 @@ def create_app(
         metrics=metrics,
         compression_threshold=settings.compression_threshold,
         access_log=settings.access_log,
+        max_request_size=settings.max_request_size,
+        auth=auth,
+        routes=RouteTable(route for router in ROUTERS for route in router.routes),
     )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

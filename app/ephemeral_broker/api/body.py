@@ -96,6 +96,14 @@ def error_sentence(entries: Iterable[Mapping[str, Any]]) -> str:
     )
 
 
+def request_validation_failure(errors: Iterable[Mapping[str, Any]]) -> BrokerError:
+    """Invalid path, query or header parameters (bodies: `validation_failure`)."""
+    entries = error_entries(errors)
+    return BrokerError(
+        "validation_error", f"invalid request: {error_sentence(entries)}", errors=entries
+    )
+
+
 def validation_failure(exc: ValidationError, what: str) -> BrokerError:
     """Map a pydantic failure to the most specific stable code (SPEC section 3 error table)."""
     entries = error_entries(

@@ -18,6 +18,7 @@ from ephemeral_broker.api.deps import (
     set_result,
     store_of,
 )
+from ephemeral_broker.api.routing import LeanRoute
 from ephemeral_broker.api.responses import COMMON, WITH_BODY, problems
 from ephemeral_broker.api.waits import unless_draining
 from ephemeral_broker.errors import BrokerError, quote_name
@@ -35,7 +36,7 @@ from ephemeral_broker.schemas import (
 )
 from ephemeral_broker.store import Item, Precondition
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"])
+router = APIRouter(prefix="/v1/keys", tags=["keys"], route_class=LeanRoute)
 
 MAX_LIST_LIMIT = 10_000
 MAX_VERSION = 2**63 - 1
