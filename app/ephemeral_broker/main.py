@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -14,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from ephemeral_broker import __version__
 from ephemeral_broker.api import keys, leases, system
@@ -75,6 +77,15 @@ async def _on_request_validation(request: Request, exc: Exception) -> Response:
     return problem_response(request, request_validation_failure(exc.errors()))
 
 
+async def _on_unhandled(request: Request, exc: Exception) -> Response:
+    # Starlette's ServerErrorMiddleware answers with this, then re-raises for BrokerMiddleware
+    # to log with its traceback (a bug in a route FastAPI's router served).
+    rid = getattr(request.state, "request_id", "-")
+    return problem_response(
+        request, BrokerError("internal_error", f"internal error; see the broker log for {rid}")
+    )
+
+
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     method, path = request.method, request.url.path
@@ -126,6 +137,23 @@ async def _sweep_forever(store: Store, interval_ms: int) -> None:
 BackgroundTask = Callable[[FastAPI], Coroutine[Any, Any, None]]
 
 
+class BrokerAPI(FastAPI):
+    """FastAPI with BrokerMiddleware in front of FastAPI's own middleware stack.
+
+    `add_middleware` would put it inside FastAPI's outer layers (ServerErrorMiddleware, the
+    telemetry and body-size wrappers), which a request for one of the broker's routes never
+    needs: BrokerMiddleware dispatches those itself and answers every error they raise. What
+    it does not dispatch (no such route, a wrong method, /openapi.json) goes on through
+    FastAPI's whole stack, exception handlers included, unchanged.
+    """
+
+    front: Callable[[ASGIApp], ASGIApp] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return stack if self.front is None else self.front(stack)
+
+
 def create_app(
     settings: BrokerSettings,
     *,
@@ -153,7 +181,7 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    app = FastAPI(
+    app = BrokerAPI(
         title="ephemeral-broker",
         version=__version__,
         summary="In-memory key/value and lease broker for the processes of one run, over a "
@@ -177,9 +205,11 @@ def create_app(
     app.add_exception_handler(BrokerError, _on_broker_error)
     app.add_exception_handler(RequestValidationError, _on_request_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
-    # One middleware (middleware.py): request id, drain gate, auth (only with a secret; it sees
-    # the body as sent on the wire, which the signature covers), body limits, then straight to
-    # the route through the route table; metrics, access log and gzip around it all.
+    app.add_exception_handler(Exception, _on_unhandled)
+    # One middleware (middleware.py), in front of FastAPI's own stack (see BrokerAPI): request
+    # id, drain gate, auth (only with a secret; it sees the body as sent on the wire, which the
+    # signature covers), body limits, then straight to the route through the route table;
+    # metrics, access log and gzip around it all.
     auth = None
     if settings.secret is not None:
         auth = Authenticator(
@@ -187,7 +217,7 @@ def create_app(
             max_request_size=settings.max_request_size,
             clock=clock,
         )
-    app.add_middleware(
+    app.front = functools.partial(
         BrokerMiddleware,
         runtime=runtime,
         metrics=metrics,

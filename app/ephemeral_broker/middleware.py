@@ -106,9 +106,10 @@ class BrokerMiddleware:
         incoming_id = found.get(b"x-request-id")
         if incoming_id is not None and _REQUEST_ID.fullmatch(incoming_id):
             rid_bytes = incoming_id
+            rid = incoming_id.decode()
         else:
-            rid_bytes = os.urandom(8).hex().encode()
-        rid = rid_bytes.decode()
+            rid = os.urandom(8).hex()
+            rid_bytes = rid.encode()
         state = scope.setdefault("state", {})
         state["request_id"] = rid
 
@@ -236,9 +237,9 @@ class BrokerMiddleware:
         # 6. The route.
         routes = self.routes
         if routes is not None:
-            target = routes.find(scope)
-            if target is not None:
-                await routes.dispatch(target, scope, receive, send)
+            found = routes.find(scope)
+            if found is not None:
+                await routes.enter(scope, found).serve(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

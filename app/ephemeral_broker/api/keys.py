@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from ephemeral_broker.api import paths  # noqa: F401  (registers the `name` path convertor)
 from ephemeral_broker.api.body import openapi_body, read_model
 from ephemeral_broker.api.deps import (
-    JSON,
+    JSONBytesResponse,
     etag,
     json_response,
     parse_etags,
@@ -195,7 +195,7 @@ async def get_key(
     set_result(request, "hit")
     if condition is not None and (condition == "*" or item.version in condition):
         return Response(status_code=304, headers=headers)
-    return Response(item_body(item), 200, headers, media_type=JSON)
+    return JSONBytesResponse(item_body(item), 200, headers)
 
 
 @router.delete(
@@ -232,7 +232,7 @@ async def delete_key(
 async def incr_key(key: str, request: Request) -> Response:
     payload = await read_model(request, IncrRequest, empty_is="{}")
     item = await store_of(request).incr(key, payload.by, payload.ttl_ms)
-    return Response(item_body(item), 200, {"ETag": etag(item.version)}, media_type=JSON)
+    return JSONBytesResponse(item_body(item), 200, {"ETag": etag(item.version)})
 
 
 @router.post(

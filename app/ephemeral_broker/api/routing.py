@@ -112,6 +112,19 @@ def _compile(field: ModelField, where: str) -> _Param:
     )
 
 
+def _plain_defaults(params: tuple[_Param, ...]) -> dict[str, Any] | None:
+    """The arguments when none of `params` was sent, if that needs no work per request: each
+    optional, its default immutable and not validated (else None: `_Param.take` decides)."""
+    if not all(
+        not p.required
+        and isinstance(p.default, _IMMUTABLE)
+        and not p.field.field_info.validate_default
+        for p in params
+    ):
+        return None
+    return {p.name: p.default for p in params}
+
+
 class LeanRoute(APIRoute):
     """An APIRoute whose per-request work is planned once, when the route is declared."""
 
@@ -141,6 +154,8 @@ class LeanRoute(APIRoute):
         self._header_params = tuple(_compile(f, "header") for f in dependant.header_params)
         self._header_keys = {p.key.encode("latin-1"): p for p in self._header_params}
         self._request_name = dependant.request_param_name
+        self._query_defaults = _plain_defaults(self._query_params)
+        self._header_defaults = _plain_defaults(self._header_params)
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         """The handler FastAPI's router wraps (`request_response`) for this route.
@@ -170,10 +185,16 @@ class LeanRoute(APIRoute):
                 param.take(path_params.get(param.key), values, errors)
         if self._query_params:
             query: bytes = scope.get("query_string", b"")
-            # Starlette's own parser: the last of repeated names wins, as in FastAPI.
-            found = QueryParams(query) if query else None
-            for param in self._query_params:
-                param.take(found.get(param.key) if found else None, values, errors)
+            if query:
+                # Starlette's own parser: the last of repeated names wins, as in FastAPI.
+                found = QueryParams(query)
+                for param in self._query_params:
+                    param.take(found.get(param.key), values, errors)
+            elif self._query_defaults is not None:
+                values.update(self._query_defaults)  # nothing sent: every default as it is
+            else:
+                for param in self._query_params:
+                    param.take(None, values, errors)
         if self._header_params:
             headers: dict[str, str] = {}
             wanted = self._header_keys
@@ -182,8 +203,11 @@ class LeanRoute(APIRoute):
                 # The first of repeated headers wins, as in Starlette's Headers.get.
                 if param is not None and param.name not in headers:
                     headers[param.name] = value.decode("latin-1")
-            for param in self._header_params:
-                param.take(headers.get(param.name), values, errors)
+            if headers or self._header_defaults is None:
+                for param in self._header_params:
+                    param.take(headers.get(param.name), values, errors)
+            else:
+                values.update(self._header_defaults)
         if errors:
             raise request_validation_failure(errors)
         if self._request_name is not None:
@@ -215,27 +239,43 @@ class RouteTable:
 
     Starlette's router takes the first route, in declaration order, whose path regex matches
     and whose methods include the request's; so does this, over the routes of one method only.
-    A path nothing here serves (404, 405, /openapi.json) goes on to the FastAPI router.
+    The paths of routes without parameters (/v1/ping, /v1/keys, ...) are looked up in a dict
+    whose answers were found that same way when the table was built. A path nothing here
+    serves (404, 405, /openapi.json) goes on to the FastAPI router.
     """
 
     def __init__(self, routes: Iterable[Any]) -> None:
         by_method: dict[str, list[_Candidate]] = {}
+        static_paths: set[str] = set()
         for route in routes:
             if not isinstance(route, LeanRoute):
                 continue
             candidate = _Candidate(route, route.path_regex.match, route.param_convertors)
             for method in route.methods or ():
                 by_method.setdefault(method, []).append(candidate)
+            if not route.param_convertors:
+                static_paths.add(route.path)
         self._by_method: dict[str, Sequence[_Candidate]] = {
             method: tuple(candidates) for method, candidates in by_method.items()
         }
+        self._static: dict[tuple[str, str], tuple[LeanRoute, dict[str, Any]]] = {}
+        for method in self._by_method:
+            for path in static_paths:
+                found = self._search(method, path)
+                if found is not None:
+                    self._static[method, path] = found
 
     def find(self, scope: Scope) -> tuple[LeanRoute, dict[str, Any]] | None:
-        candidates = self._by_method.get(scope["method"])
-        if candidates is None:
-            return None
+        method: str = scope["method"]
         path = get_route_path(scope)
-        for candidate in candidates:
+        known = self._static.get((method, path))
+        if known is not None:
+            route, path_params = known
+            return route, dict(path_params)  # a fresh dict: the scope's to change
+        return self._search(method, path)
+
+    def _search(self, method: str, path: str) -> tuple[LeanRoute, dict[str, Any]] | None:
+        for candidate in self._by_method.get(method, ()):
             match = candidate.match(path)
             if match is not None:
                 convertors = candidate.convertors
@@ -246,13 +286,12 @@ class RouteTable:
                 return candidate.route, path_params
         return None
 
-    async def dispatch(
-        self, found: tuple[LeanRoute, dict[str, Any]], scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """What the router would do with a full match: the scope keys, then the route's app."""
+    @staticmethod
+    def enter(scope: Scope, found: tuple[LeanRoute, dict[str, Any]]) -> LeanRoute:
+        """What the router does with a full match before it calls the route: the scope keys
+        (`route` names the operation in the metrics). The caller then awaits `route.serve`."""
         route, path_params = found
         scope["endpoint"] = route.endpoint
         scope["path_params"] = path_params
         scope["route"] = route
-        await route.serve(scope, receive, send)
-
+        return route
