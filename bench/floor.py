@@ -112,7 +112,8 @@ class _Side:
 
 
 def _prepare(side: _Side, deletes: int) -> None:
-    """The key a GET hits, the key PUTs replace, and the keys the DELETEs remove (outside any measurement)."""
+    """The key a GET hits, the key PUTs replace and the keys the DELETEs remove, made before
+    anything is measured."""
     for request in (_put("hit"), _put("put"), *(_put(f"del{i}") for i in range(deletes))):
         status = side.conn.call(request)
         if status not in (200, 201):
@@ -122,10 +123,10 @@ def _prepare(side: _Side, deletes: int) -> None:
 def measure(count: int, rounds: int, operations: tuple[str, ...] = OPERATIONS) -> dict[str, Any]:
     """Per operation: the broker's and the floor's server CPU µs per request and their ratio."""
     warmup = min(200, count)
-    with start_broker("--max-items", "0") as broker, start_baseline() as floor:
+    with start_broker("--max-items", "0") as broker_server, start_baseline() as floor_server:
         sides = {
-            "broker": _Side(broker, RawConnection(broker.socket)),
-            "floor": _Side(floor, RawConnection(floor.socket)),
+            "broker": _Side(broker_server, RawConnection(broker_server.socket)),
+            "floor": _Side(floor_server, RawConnection(floor_server.socket)),
         }
         try:
             _prepare(sides["broker"], (rounds + 1) * count + warmup)

@@ -127,15 +127,24 @@ def request_id_of(scope: Scope) -> str:
     return "-"
 
 
-async def send_problem(scope: Scope, send: Send, error: BrokerError) -> None:
-    """Answer with `error` as problem+json, straight over ASGI (middleware and routes alike)."""
-    state = scope.setdefault("state", {})
-    state["error_code"] = error.code
-    body = problem_body(error.code, error.detail, request_id_of(scope), error.errors)
+def problem_headers(error: BrokerError, body: bytes) -> list[tuple[bytes, bytes]]:
     headers = [
         (b"content-type", _PROBLEM_CONTENT_TYPE_BYTES),
         (b"content-length", b"%d" % len(body)),
     ]
     headers.extend((k.lower().encode(), v.encode()) for k, v in error.headers.items())
+    return headers
+
+
+def render_problem(scope: Scope, error: BrokerError) -> bytes:
+    """The problem+json body for `error`; records its code for the metrics and the log."""
+    scope.setdefault("state", {})["error_code"] = error.code
+    return problem_body(error.code, error.detail, request_id_of(scope), error.errors)
+
+
+async def send_problem(scope: Scope, send: Send, error: BrokerError) -> None:
+    """Answer with `error` as problem+json, straight over ASGI."""
+    body = render_problem(scope, error)
+    headers = problem_headers(error, body)
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

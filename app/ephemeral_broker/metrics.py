@@ -1,7 +1,8 @@
 """Prometheus metrics on a registry of the app's own (never the global default registry).
 
-Request metrics are recorded as requests finish, as plain numbers (see _RequestCollector). Everything that describes state (items,
-capacity, in-flight requests, draining, store counters) is read from a snapshot taken when
+Request metrics are recorded as requests finish, as plain numbers (see _RequestCollector).
+Everything that describes state (items, capacity, in-flight requests, draining, store
+counters) is read from a snapshot taken when
 `/metrics` is scraped, so a scrape is always current without any other call first.
 Label values come from fixed sets (route names, error codes): a key or pool name never
 becomes a label, and prometheus-client escapes whatever it writes (seed defect #22).
@@ -22,9 +23,9 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.utils import floatToGoString
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from ephemeral_broker.store import StoreStats
 
@@ -153,7 +154,10 @@ class _Durations:
 
 
 # Bucket labels as prometheus-client writes them (0.0001 -> "0.0001", 1.0 -> "1.0").
-_BUCKET_NAMES: Final = (*(floatToGoString(b) for b in DURATION_BUCKETS), "+Inf")
+_BUCKET_NAMES: Final = (
+    *(floatToGoString(b) for b in DURATION_BUCKETS),  # type: ignore[no-untyped-call]
+    "+Inf",
+)
 
 
 class BrokerMetrics:

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import time
 import zlib
 from typing import TYPE_CHECKING, Final
 
 from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ephemeral_broker.errors import BrokerError, send_problem
@@ -48,6 +50,9 @@ _GZIP_LEVEL: Final = 1  # a local socket makes bytes cheap; CPU is the cost that
 # nginx's convention for "the client went away before the answer": for metrics and the log.
 CLIENT_CLOSED_STATUS: Final = 499
 # The request headers any step reads; all others are skipped with one set lookup each.
+# Not for secrets (S311): request ids only need to be unlikely to repeat.
+_new_request_id: Final = random.Random(os.urandom(32)).getrandbits  # noqa: S311
+_PLAIN_RESPONSE_CALL: Final = Response.__call__
 _WANTED: Final = frozenset(
     {
         b"x-request-id",
@@ -88,7 +93,9 @@ class BrokerMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        # One clock for the duration and the activity stamp: monotonic has nanosecond
+        # resolution on Linux, as perf_counter (the same clock there).
+        started = time.monotonic()
         runtime = self.runtime
         # 1. Every header a later step needs, in one pass. The last of repeated headers wins,
         # except that any Accept-Encoding naming gzip, and any Transfer-Encoding, counts.
@@ -108,7 +115,9 @@ class BrokerMiddleware:
             rid_bytes = incoming_id
             rid = incoming_id.decode()
         else:
-            rid = os.urandom(8).hex()
+            # 64 random bits as 16 hex digits, from a generator seeded from os.urandom: a
+            # correlation id, not a secret, so it skips the system call per request.
+            rid = f"{_new_request_id(64):016x}"
             rid_bytes = rid.encode()
         state = scope.setdefault("state", {})
         state["request_id"] = rid
@@ -117,7 +126,7 @@ class BrokerMiddleware:
         probe = path in PROBE_PATHS
         runtime.requests_total += 1
         if not probe:
-            runtime.last_activity = time.monotonic()
+            runtime.last_activity = started
         status = 500
         response_started = False
         held_start: Message | None = None
@@ -149,7 +158,13 @@ class BrokerMiddleware:
                     BrokerError("draining", "the broker is shutting down; retry on a new broker"),
                 )  # fmt: skip
             else:
-                await self._admit(scope, receive, send_wrapper, found, probe)
+                response = await self._admit(scope, receive, send_wrapper, found, probe)
+                if response is not None:
+                    # A route's answer, sent from here rather than through send_wrapper: the
+                    # same headers and gzip, two fewer hops per message.
+                    status = response.status_code
+                    response_started = True
+                    await self._send_response(send, response, rid_bytes, accepts_gzip)
         except ClientDisconnect:
             # The client hung up while sending its body: nobody to answer, and not a bug.
             status = CLIENT_CLOSED_STATUS
@@ -181,11 +196,12 @@ class BrokerMiddleware:
                 )  # fmt: skip
         finally:
             runtime.in_flight -= 1
+            ended = time.monotonic()
             if not probe:
                 # Idle time counts from the end of the last request: a long waiting read is
                 # activity for as long as it waits.
-                runtime.last_activity = time.monotonic()
-            elapsed = time.perf_counter() - started
+                runtime.last_activity = ended
+            elapsed = ended - started
             route = scope.get("route")
             operation = getattr(route, "name", None) or "unrouted"
             error_code = state.get("error_code")
@@ -207,8 +223,9 @@ class BrokerMiddleware:
 
     async def _admit(
         self, scope: Scope, receive: Receive, send: Send, found: dict[bytes, bytes], probe: bool
-    ) -> None:
-        """Steps 4 to 6: auth, body limits, then the route."""
+    ) -> Response | None:
+        """Steps 4 to 6: auth, body limits, then the route. Returns the answer of one of the
+        broker's routes, to be sent; None when the request was answered through `send`."""
         length = found.get(b"content-length")
         chunked = b"transfer-encoding" in found
         if self.auth is not None and not probe:
@@ -224,24 +241,46 @@ class BrokerMiddleware:
                 chunked,
             )
             if admitted is None:
-                return  # answered already
+                return None  # answered already
             receive = admitted
-        # 5. Body limits and Content-Encoding.
-        guarded = guard_body(
-            scope, receive, self.limit, length, found.get(b"content-encoding", b""), chunked
-        )
-        if isinstance(guarded, BrokerError):
-            await send_problem(scope, send, guarded)
-            return
-        scope, receive = guarded
+        # 5. Body limits and Content-Encoding (nothing to do without a body).
+        if length is not None or chunked:
+            guarded = guard_body(
+                scope, receive, self.limit, length, found.get(b"content-encoding", b""), chunked
+            )
+            if isinstance(guarded, BrokerError):
+                await send_problem(scope, send, guarded)
+                return None
+            scope, receive = guarded
         # 6. The route.
         routes = self.routes
         if routes is not None:
-            found = routes.find(scope)
-            if found is not None:
-                await routes.enter(scope, found).serve(scope, receive, send)
-                return
+            target = routes.find(scope)
+            if target is not None:
+                response = await routes.enter(scope, target).respond(scope, receive)
+                if type(response).__call__ is _PLAIN_RESPONSE_CALL:
+                    return response
+                await response(scope, receive, send)  # one that sends itself (streams...)
+                return None
         await self.app(scope, receive, send)
+        return None
+
+    async def _send_response(
+        self, send: Send, response: Response, rid: bytes, accepts_gzip: bool
+    ) -> None:
+        """What Response.__call__ sends, with what send_wrapper adds to it."""
+        start: Message = {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": [*response.raw_headers, (b"x-request-id", rid)],
+        }
+        message: Message = {"type": "http.response.body", "body": response.body}
+        if accepts_gzip:
+            start, message = self._maybe_gzip(start, message)
+        await send(start)
+        await send(message)
+        if response.background is not None:
+            await response.background()
 
     def _maybe_gzip(self, start: Message, message: Message) -> tuple[Message, Message]:
         body: bytes = message.get("body", b"")

@@ -46,13 +46,21 @@ class JSONBytesResponse(Response):
     media_type = JSON
 
     def __init__(
-        self, body: bytes, status_code: int = 200, headers: Mapping[str, str] | None = None
+        self,
+        body: bytes,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        *,
+        version: int | None = None,
     ) -> None:
+        """`version`: the key's version, sent as its ETag (`"<version>"`)."""
         self.status_code = status_code
         self.body = body
         self.background = None
         raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()] \
             if headers else []  # fmt: skip
+        if version is not None:
+            raw.append((b"etag", b'"%d"' % version))
         if status_code >= 200 and status_code not in (204, 304):
             raw.append((b"content-length", b"%d" % len(body)))
         raw.append((b"content-type", _JSON_BYTES))

@@ -18,8 +18,8 @@ from ephemeral_broker.api.deps import (
     set_result,
     store_of,
 )
-from ephemeral_broker.api.routing import LeanRoute
 from ephemeral_broker.api.responses import COMMON, WITH_BODY, problems
+from ephemeral_broker.api.routing import LeanRoute
 from ephemeral_broker.api.waits import unless_draining
 from ephemeral_broker.errors import BrokerError, quote_name
 from ephemeral_broker.rules import MAX_WAIT_MS
@@ -188,14 +188,13 @@ async def get_key(
                 f"{wait_ms} ms for it)",
             )
         raise not_found(key)
-    headers = {"ETag": etag(item.version)}
     if after_version is not None and item.version <= after_version:
         set_result(request, "not_modified")
-        return Response(status_code=304, headers=headers)
+        return Response(status_code=304, headers={"ETag": etag(item.version)})
     set_result(request, "hit")
     if condition is not None and (condition == "*" or item.version in condition):
-        return Response(status_code=304, headers=headers)
-    return JSONBytesResponse(item_body(item), 200, headers)
+        return Response(status_code=304, headers={"ETag": etag(item.version)})
+    return JSONBytesResponse(item_body(item), version=item.version)
 
 
 @router.delete(
@@ -232,7 +231,7 @@ async def delete_key(
 async def incr_key(key: str, request: Request) -> Response:
     payload = await read_model(request, IncrRequest, empty_is="{}")
     item = await store_of(request).incr(key, payload.by, payload.ttl_ms)
-    return JSONBytesResponse(item_body(item), 200, {"ETag": etag(item.version)})
+    return JSONBytesResponse(item_body(item), version=item.version)
 
 
 @router.post(

@@ -17,8 +17,8 @@ from fastapi import APIRouter, Query, Request, Response
 from ephemeral_broker.api import paths  # noqa: F401  (registers the `name` path convertor)
 from ephemeral_broker.api.body import openapi_body, read_model
 from ephemeral_broker.api.deps import json_response, runtime_of, set_result, store_of
-from ephemeral_broker.api.routing import LeanRoute
 from ephemeral_broker.api.responses import COMMON, WITH_BODY, problems
+from ephemeral_broker.api.routing import LeanRoute
 from ephemeral_broker.api.waits import unless_draining
 from ephemeral_broker.schemas import (
     AcquireLeaseRequest,

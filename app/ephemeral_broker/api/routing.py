@@ -18,7 +18,7 @@ declared, never silently served differently from FastAPI.
 
 `RouteTable` is the dispatch side: the same routes, grouped by method, matched with their own
 path regexes in declaration order, so BrokerMiddleware can hand a request straight to its route
-(`route.serve`) instead of walking Starlette's router and FastAPI's included-router contexts.
+(`route.respond`) instead of walking Starlette's router and FastAPI's included-router contexts.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ from starlette.convertors import Convertor
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Scope
 
 from ephemeral_broker.api.body import request_validation_failure
-from ephemeral_broker.errors import BrokerError, send_problem
+from ephemeral_broker.errors import BrokerError, problem_headers, render_problem
 
 _IMMUTABLE: Final = (type(None), bool, int, float, str, bytes)
 Endpoint = Callable[..., Coroutine[Any, Any, Response]]
@@ -166,14 +166,16 @@ class LeanRoute(APIRoute):
         """
         context = getattr(fastapi.routing, "_effective_route_context_var", None)
         included = context.get() if context is not None else None
-        if included is not None and getattr(included, "original_route", None) is self:
-            if included.dependant.dependencies:
-                raise TypeError(f"LeanRoute {self.name!r} cannot serve included dependencies")
+        if (
+            included is not None
+            and getattr(included, "original_route", None) is self
+            and included.dependant.dependencies
+        ):
+            raise TypeError(f"LeanRoute {self.name!r} cannot serve included dependencies")
         return self.handle_request
 
     async def handle_request(self, request: Request) -> Response:
-        response = await self._call(**self.bind(request.scope, request))
-        return response
+        return await self._call(**self.bind(request.scope, request))
 
     def bind(self, scope: Scope, request: Request) -> dict[str, Any]:
         """The endpoint's arguments from the scope, or a 422 validation_error with them all."""
@@ -199,10 +201,10 @@ class LeanRoute(APIRoute):
             headers: dict[str, str] = {}
             wanted = self._header_keys
             for name, value in scope["headers"]:
-                param = wanted.get(name)
+                header = wanted.get(name)
                 # The first of repeated headers wins, as in Starlette's Headers.get.
-                if param is not None and param.name not in headers:
-                    headers[param.name] = value.decode("latin-1")
+                if header is not None and header.name not in headers:
+                    headers[header.name] = value.decode("latin-1")
             if headers or self._header_defaults is None:
                 for param in self._header_params:
                     param.take(headers.get(param.name), values, errors)
@@ -214,17 +216,18 @@ class LeanRoute(APIRoute):
             values[self._request_name] = request
         return values
 
-    async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The route as a plain ASGI app, for RouteTable: FastAPI's handler minus its layers
-        (exit stacks for dependencies with yield, of which these routes have none; the
+    async def respond(self, scope: Scope, receive: Receive) -> Response:
+        """The route's answer, for BrokerMiddleware to send: FastAPI's handler minus its
+        layers (exit stacks for dependencies with yield, of which these routes have none; the
         exception-handler lookup, where the only exception to turn into an answer is ours)."""
-        request = Request(scope, receive, send)
+        request = Request(scope, receive)
         try:
-            response = await self._call(**self.bind(scope, request))
+            return await self._call(**self.bind(scope, request))
         except BrokerError as error:
-            await send_problem(scope, send, error)
-            return
-        await response(scope, receive, send)
+            body = render_problem(scope, error)
+            response = Response(body, error.status)
+            response.raw_headers = problem_headers(error, body)
+            return response
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +292,7 @@ class RouteTable:
     @staticmethod
     def enter(scope: Scope, found: tuple[LeanRoute, dict[str, Any]]) -> LeanRoute:
         """What the router does with a full match before it calls the route: the scope keys
-        (`route` names the operation in the metrics). The caller then awaits `route.serve`."""
+        (`route` names the operation in the metrics). The caller then awaits `route.respond`."""
         route, path_params = found
         scope["endpoint"] = route.endpoint
         scope["path_params"] = path_params

@@ -12,8 +12,8 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ephemeral_broker.api.deps import json_response, metrics_of, runtime_of, store_of
-from ephemeral_broker.api.routing import LeanRoute
 from ephemeral_broker.api.responses import COMMON, problems
+from ephemeral_broker.api.routing import LeanRoute
 from ephemeral_broker.capacity import is_near_capacity
 from ephemeral_broker.errors import BrokerError
 from ephemeral_broker.metrics import ScrapeSnapshot
