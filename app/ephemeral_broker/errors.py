@@ -7,10 +7,12 @@ title follow from the code, so the table below is the single place they are defi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
-from starlette.types import Scope, Send
+
+if TYPE_CHECKING:  # the clients import this module: it must not load the server stack
+    from starlette.types import Scope, Send
 
 ErrorCode = Literal[
     "bad_request",
