@@ -35,6 +35,7 @@ from ephemeral_broker.schemas import (
     TouchResponse,
 )
 from ephemeral_broker.store import Item, Precondition
+from ephemeral_broker.store.base import NO_PRECONDITION
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], route_class=LeanRoute)
 
@@ -49,6 +50,16 @@ def item_body(item: Item) -> bytes:
         item.value,
         item.version,
         item.expires_at,
+    )
+
+
+def conditions(if_match: str | None, if_none_match: str | None) -> Precondition:
+    """The write's preconditions from its headers (the shared empty one when none was sent)."""
+    if if_match is None and if_none_match is None:
+        return NO_PRECONDITION
+    return Precondition(
+        if_match=parse_etags(if_match, "If-Match"),
+        if_none_match=parse_etags(if_none_match, "If-None-Match"),
     )
 
 
@@ -109,25 +120,17 @@ async def set_key(
     ] = None,
 ) -> Response:
     payload = await read_model(request, SetKeyRequest)
-    precondition = Precondition(
-        if_match=parse_etags(if_match, "If-Match"),
-        if_none_match=parse_etags(if_none_match, "If-None-Match"),
-    )
+    precondition = conditions(if_match, if_none_match)
     # The one serialisation of the value: its size is checked on these bytes, they are stored
     # as they are, and GET returns them as they are (seed defect #10).
     encoded = orjson.dumps(payload.value)
     result = await store_of(request).set(key, encoded, payload.ttl_ms, precondition)
     meta = result.meta
     set_result(request, "created" if result.created else "replaced")
-    return json_response(
-        {
-            "key": meta.key,
-            "version": meta.version,
-            "expires_at": meta.expires_at,
-            "ttl_ms": meta.ttl_ms,
-        },
-        201 if result.created else 200,
-        {"ETag": etag(meta.version)},
+    body = {"key": meta.key, "version": meta.version, "expires_at": meta.expires_at,
+            "ttl_ms": meta.ttl_ms}  # fmt: skip
+    return JSONBytesResponse(
+        orjson.dumps(body), 201 if result.created else 200, version=meta.version
     )
 
 
@@ -211,9 +214,7 @@ async def delete_key(
         str | None, Header(description='Delete only if the key is at `"<version>"`.')
     ] = None,
 ) -> Response:
-    deleted = await store_of(request).delete(
-        key, Precondition(if_match=parse_etags(if_match, "If-Match"))
-    )
+    deleted = await store_of(request).delete(key, conditions(if_match, None))
     set_result(request, "deleted" if deleted else "absent")
     return json_response({"deleted": deleted})
 
@@ -245,7 +246,5 @@ async def incr_key(key: str, request: Request) -> Response:
 async def touch_key(key: str, request: Request) -> Response:
     payload = await read_model(request, TouchRequest)
     meta = await store_of(request).touch(key, payload.ttl_ms)
-    return json_response(
-        {"key": meta.key, "version": meta.version, "expires_at": meta.expires_at},
-        headers={"ETag": etag(meta.version)},
-    )
+    body = {"key": meta.key, "version": meta.version, "expires_at": meta.expires_at}
+    return JSONBytesResponse(orjson.dumps(body), version=meta.version)
