@@ -46,7 +46,7 @@ FULL = Sizes(
     sequential_ops=5000, concurrent_ops=20_000, growth_small=1_000, growth_large=100_000,
     growth_ops=3000, store_small=1_000, store_large=1_000_000, store_ops=20_000,
     sweep_keys=1_000_000, memory_keys=100_000, lease_holders=100_000, lease_samples=5001,
-    floor_requests=2000, floor_rounds=15,
+    floor_requests=200, floor_rounds=51,
 )  # fmt: skip
 # Checks that every measurement runs, in under a minute on an idle 2-CPU machine; its figures
 # are too small to quote.
@@ -54,7 +54,7 @@ QUICK = Sizes(
     sequential_ops=150, concurrent_ops=400, growth_small=1_000, growth_large=3_000,
     growth_ops=200, store_small=1_000, store_large=50_000, store_ops=5_000,
     sweep_keys=50_000, memory_keys=500, lease_holders=10_000, lease_samples=1001,
-    floor_requests=200, floor_rounds=3,
+    floor_requests=100, floor_rounds=5,
 )  # fmt: skip
 CONCURRENCY = (1, 4, 16)
 

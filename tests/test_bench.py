@@ -56,3 +56,18 @@ def test_profile_attributes_the_brokers_cpu_to_packages_and_names_our_routes() -
     assert abs(sum(shares.values()) - 100) < 1, shares
     # The profile covers serving GETs, not start-up: the keys route is among the functions.
     assert "app/ephemeral_broker/api/keys.py" in result.stdout and "(get_key)" in result.stdout
+
+
+@pytest.mark.timeout(300)
+def test_only_the_floor_section_reports_each_operation_against_its_floor(tmp_path: Path) -> None:
+    out = tmp_path / "floor.json"
+    result = run_module("bench", "--quick", "--only", "floor", "--json", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = orjson.loads(out.read_bytes())
+    assert missing_fields(results, ("floor",)) == []
+    assert set(results) == {"meta", "floor"}
+    for operation in ("get", "put", "delete", "incr", "ping"):
+        row = results["floor"][operation]
+        assert row["broker_cpu_us"] > 0 and row["floor_cpu_us"] > 0 and row["ratio"] > 0, row
+        assert f"\n{operation} " in result.stdout
+    assert "against the floor" in result.stdout
