@@ -142,3 +142,34 @@ def test_lean_route_refuses_what_it_does_not_implement() -> None:
         router = APIRouter(route_class=LeanRoute)
         with pytest.raises(TypeError, match="LeanRoute"):
             router.add_api_route("/x", endpoint, methods=["POST"])
+
+
+@pytest.mark.anyio
+async def test_a_bug_behind_the_route_table_is_still_a_problem_500_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What RouteTable does not serve goes through FastAPI's own stack (here /openapi.json);
+    a bug there is answered by problem+json, never Starlette's plain-text 500."""
+    import logging
+
+    import httpx
+
+    from ephemeral_broker.main import create_app
+    from ephemeral_broker.settings import BrokerSettings
+    from tests.conftest import assert_problem
+
+    app = create_app(BrokerSettings())
+
+    def broken_openapi() -> dict[str, Any]:
+        raise RuntimeError("SECRET-INTERNAL")
+
+    app.openapi = broken_openapi  # type: ignore[method-assign]
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://x") as api:
+        with caplog.at_level(logging.ERROR, logger="ephemeral_broker"):
+            response = await api.get("/openapi.json", headers={"X-Request-ID": "bug-1"})
+        problem = assert_problem(response, 500, "internal_error")
+        assert "bug-1" in problem["detail"] and "SECRET-INTERNAL" not in response.text
+        logged = [r for r in caplog.records if "unhandled error" in r.getMessage()]
+        assert len(logged) == 1 and logged[0].exc_info is not None
+        assert (await api.get("/v1/ping")).status_code == 200
