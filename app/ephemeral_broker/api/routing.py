@@ -184,7 +184,11 @@ class LeanRoute(APIRoute):
         if self._path_params:
             path_params: Mapping[str, Any] = scope["path_params"]
             for param in self._path_params:
-                param.take(path_params.get(param.key), values, errors)
+                raw = path_params.get(param.key)
+                if param.plain and raw is not None:
+                    values[param.name] = raw  # a plain str: nothing to validate
+                else:
+                    param.take(raw, values, errors)
         if self._query_params:
             query: bytes = scope.get("query_string", b"")
             if query:
@@ -261,17 +265,19 @@ class RouteTable:
         self._by_method: dict[str, Sequence[_Candidate]] = {
             method: tuple(candidates) for method, candidates in by_method.items()
         }
-        self._static: dict[tuple[str, str], tuple[LeanRoute, dict[str, Any]]] = {}
+        # method -> {path: what _search finds there}
+        self._static: dict[str, dict[str, tuple[LeanRoute, dict[str, Any]]]] = {}
         for method in self._by_method:
             for path in static_paths:
                 found = self._search(method, path)
                 if found is not None:
-                    self._static[method, path] = found
+                    self._static.setdefault(method, {})[path] = found
 
     def find(self, scope: Scope) -> tuple[LeanRoute, dict[str, Any]] | None:
         method: str = scope["method"]
-        path = get_route_path(scope)
-        known = self._static.get((method, path))
+        path = scope["path"] if not scope.get("root_path") else get_route_path(scope)
+        static = self._static.get(method)
+        known = static.get(path) if static is not None else None
         if known is not None:
             route, path_params = known
             return route, dict(path_params)  # a fresh dict: the scope's to change
