@@ -108,7 +108,7 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 AllowTable = list[tuple[re.Pattern[str], frozenset[str]]]
 
 
-def _route_table(routers: tuple[APIRouter, ...]) -> AllowTable:
+def _allow_table(routers: tuple[APIRouter, ...]) -> AllowTable:
     return [
         (route.path_regex, frozenset(route.methods or ()))
         for router in routers
@@ -119,7 +119,7 @@ def _route_table(routers: tuple[APIRouter, ...]) -> AllowTable:
 
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this path (Starlette names only the first route's)."""
-    table: AllowTable = request.app.state.route_table
+    table: AllowTable = request.app.state.allow_table
     path = request.scope["path"]
     return sorted({m for regex, methods in table if regex.match(path) for m in methods})
 
@@ -201,7 +201,7 @@ def create_app(
     app.state.metrics = metrics
     for router in ROUTERS:
         app.include_router(router)
-    app.state.route_table = _route_table(ROUTERS)
+    app.state.allow_table = _allow_table(ROUTERS)
     app.add_exception_handler(BrokerError, _on_broker_error)
     app.add_exception_handler(RequestValidationError, _on_request_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)

@@ -57,8 +57,9 @@ class JSONBytesResponse(Response):
         self.status_code = status_code
         self.body = body
         self.background = None
-        raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()] \
-            if headers else []  # fmt: skip
+        raw: list[tuple[bytes, bytes]] = []
+        if headers:
+            raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         if version is not None:
             raw.append((b"etag", b'"%d"' % version))
         if status_code >= 200 and status_code not in (204, 304):
