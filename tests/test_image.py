@@ -240,7 +240,7 @@ def build_context(into: Path) -> Path:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
         assert done.returncode == 0, f"{' '.join(command)}\n{done.stderr}"
 
-    pip_run("wheel", "--no-deps", "--wheel-dir", str(wheels), str(ROOT))
+    pip_run("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(wheels), str(ROOT))
     (wheel,) = wheels.glob("ephemeral_broker-*.whl")
     pip_run("download", "--dest", str(wheels), "--only-binary=:all:",
             "--constraint", str(ROOT / "constraints.txt"), str(wheel))  # fmt: skip

@@ -39,6 +39,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def announce(path: Path) -> None:
         # The first stdout line, once the broker answers: scripts read it to find the socket.
         print(f"EPHEMERAL_PIPE={path}", flush=True)
+        if args.detach_log is not None:  # started by `start`, which has read all it needs
+            from ephemeral_broker.background import detach_after_ready
+
+            detach_after_ready(args.detach_log)
 
     # The app is built before the socket is bound: serve() binds it only once its signal
     # handling is in place, so no signal can leave a socket file or directory behind.
@@ -66,6 +70,7 @@ def build_parser(*, server_commands: bool = True) -> argparse.ArgumentParser:
     if not server_commands:
         add_client_commands(commands)
         return parser
+    from ephemeral_broker.background import DETACH_FLAG, add_background_commands
     from ephemeral_broker.cli_settings import add_settings_arguments
     from ephemeral_broker.runner import add_run_command
 
@@ -76,8 +81,11 @@ def build_parser(*, server_commands: bool = True) -> argparse.ArgumentParser:
         "stdout is EPHEMERAL_PIPE=<socket path>; logs go to stderr.",
     )
     add_settings_arguments(serve)
+    # Internal: `start` launches serve with it (where its logs go once it is ready).
+    serve.add_argument(DETACH_FLAG, dest="detach_log", help=argparse.SUPPRESS)
     serve.set_defaults(handler=cmd_serve)
     add_run_command(commands)
+    add_background_commands(commands)
     add_client_commands(commands)
     return parser
 

@@ -148,7 +148,32 @@ def _stats(broker: BrokerClient, args: argparse.Namespace) -> bytes:
 
 
 def _metrics(broker: BrokerClient, args: argparse.Namespace) -> str:
-    return broker.metrics().rstrip("\n")
+    text = broker.metrics()
+    if args.broker_only:
+        text = broker_series_only(text)
+    return text.rstrip("\n")
+
+
+BROKER_SERIES_PREFIX: Final = "ephemeral_broker_"
+
+
+def broker_series_only(exposition: str) -> str:
+    """Keep only the broker's own families (`ephemeral_broker_*`) of a text exposition.
+
+    For node-exporter's textfile collector: it refuses a file whose `process_*` series
+    duplicate its own, and drops the whole file. The text format is line-based: `# HELP NAME`
+    and `# TYPE NAME` lines, then samples that start with the family's name.
+    """
+    kept = []
+    for line in exposition.splitlines():
+        if line.startswith("#"):
+            words = line.split(maxsplit=3)
+            name = words[2] if len(words) > 2 and words[1] in ("HELP", "TYPE") else ""
+        else:
+            name = line
+        if name.startswith(BROKER_SERIES_PREFIX):
+            kept.append(line)
+    return "\n".join(kept) + "\n"
 
 
 # ---- running one ---------------------------------------------------------------------------
@@ -292,4 +317,9 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     command("ping", _ping, "Check the broker answers; prints the round trip.")
     command("health", _health, "Print the broker's health report as JSON.")
     command("stats", _stats, "Print the broker's counters as JSON.")
-    command("metrics", _metrics, "Print the broker's Prometheus metrics.")
+    metrics = command("metrics", _metrics, "Print the broker's Prometheus metrics.")
+    metrics.add_argument(
+        "--broker-only", action="store_true",
+        help="only the broker's own ephemeral_broker_* series, without process_* (for a "
+        "node-exporter textfile collector, which refuses series it also reports)",
+    )  # fmt: skip

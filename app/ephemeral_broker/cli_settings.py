@@ -32,7 +32,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         if name == "secret":
             continue
         default = field.default
-        shown = f"{default:04o}" if name == "socket_mode" else default
+        shown = _shown_default(name, default)
         help_text = f"{field.description} [{env_name(name)}; default: {shown}]"
         if field.annotation is bool:
             group.add_argument(
@@ -54,11 +54,21 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--secret", nargs="?", action=_RefuseSecretFlag, help=argparse.SUPPRESS)
 
 
+def _shown_default(name: str, default: Any) -> Any:
+    if name == "socket_mode":
+        return f"{default:04o}"
+    if name == "metrics_listen":
+        return "off"
+    return default
+
+
 def _metavar(name: str) -> str:
     if name == "socket":
         return "PATH"
     if name == "socket_mode":
         return "MODE"
+    if name == "metrics_listen":
+        return "HOST:PORT"
     if name in ("log_level", "log_format"):
         return name.split("_")[1].upper()
     return (

@@ -26,6 +26,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ephemeral_broker.errors import ERRORS, PROBLEM_CONTENT_TYPE, ErrorCode, problem_body
 from ephemeral_broker.logs import logger
+from ephemeral_broker.metrics_listener import (
+    MetricsEndpoints,
+    MetricsListener,
+    bind_metrics_socket,
+    describe_bind_error,
+)
 from ephemeral_broker.runtime import Runtime
 from ephemeral_broker.settings import (
     BrokerSettings,
@@ -283,9 +289,11 @@ class BrokerServer(uvicorn.Server):
         runtime: Runtime,
         drain_timeout_ms: int,
         on_ready: Callable[[], None],
+        metrics_listener: MetricsListener | None = None,
     ):
         super().__init__(config)
         self.runtime = runtime
+        self.metrics_listener = metrics_listener
         self.drain_timeout = drain_timeout_ms / 1000
         self._on_ready = on_ready
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -306,6 +314,8 @@ class BrokerServer(uvicorn.Server):
         self._exit_requested = asyncio.Event()
         await super().startup(sockets)
         if self.started:
+            if self.metrics_listener is not None:
+                await self.metrics_listener.start()
             self._on_ready()
 
     async def main_loop(self) -> None:
@@ -327,6 +337,9 @@ class BrokerServer(uvicorn.Server):
             # uvicorn annotates int but hands it to asyncio.wait_for: fractions matter here.
             self.config.timeout_graceful_shutdown = max(0.0, remaining)  # type: ignore[assignment]
         await super().shutdown(sockets)
+        # Last: probes on the metrics port see /readyz answer 503 for the whole drain.
+        if self.metrics_listener is not None:
+            await self.metrics_listener.stop()
 
     def request_shutdown(self, reason: str) -> None:
         """Begin a graceful shutdown (from the event loop's thread)."""
@@ -405,24 +418,26 @@ async def serve(
     runtime: Runtime = app.state.runtime
     config = uvicorn_config(app, drain_timeout_ms=settings.drain_timeout)
     listening: list[BoundSocket] = []
+    # Bound before the Unix socket: a taken port stops start-up before anything else exists.
+    metrics_listener = _metrics_listener(settings, app)
 
     def ready() -> None:
         path = listening[0].path
-        logger.info(
-            "broker ready",
-            extra={
-                "fields": {
-                    "socket": str(path),
-                    "pid": os.getpid(),
-                    "version": runtime.version,
-                    "auth": "on" if settings.auth_enabled else "off",
-                }
-            },
-        )
+        fields: dict[str, Any] = {
+            "socket": str(path),
+            "pid": os.getpid(),
+            "version": runtime.version,
+            "auth": "on" if settings.auth_enabled else "off",
+        }
+        if metrics_listener is not None:
+            fields["metrics"] = str(metrics_listener.address)
+        logger.info("broker ready", extra={"fields": fields})
         if on_ready is not None:
             on_ready(path)
 
-    server = BrokerServer(config, runtime, settings.drain_timeout, on_ready=ready)
+    server = BrokerServer(
+        config, runtime, settings.drain_timeout, on_ready=ready, metrics_listener=metrics_listener
+    )
     runtime.request_shutdown = server.request_shutdown
     runtime.force_shutdown = server.force_shutdown
     # Subscribed before the socket exists: no signal can arrive between the bind and the
@@ -435,6 +450,8 @@ async def serve(
         finally:
             listening[0].cleanup()
     finally:
+        if metrics_listener is not None:
+            metrics_listener.close()
         if unsubscribe is not None:
             unsubscribe()
     code = 1 if server.forced else 0
@@ -452,6 +469,18 @@ async def serve(
         },
     )
     return code
+
+
+def _metrics_listener(settings: BrokerSettings, app: Any) -> MetricsListener | None:
+    address = settings.metrics_address
+    if address is None:
+        return None
+    try:
+        sock = bind_metrics_socket(address)
+    except OSError as exc:
+        raise StartupError(describe_bind_error(address, exc)) from exc
+    endpoints = MetricsEndpoints(app.state.store, app.state.runtime, app.state.metrics)
+    return MetricsListener(endpoints, sock, BrokerHttpProtocol)
 
 
 def run_in_new_loop(main: Coroutine[Any, Any, T]) -> T:

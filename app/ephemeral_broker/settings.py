@@ -22,6 +22,11 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ephemeral_broker.listen_address import (
+    ListenAddress,
+    MetricsListenError,
+    parse_listen_address,
+)
 from ephemeral_broker.unix_socket import (
     DEFAULT_SOCKET_DIR_PREFIX,
     DEFAULT_SOCKET_NAME,
@@ -134,6 +139,11 @@ class BrokerSettings(BaseSettings):
     log_level: LogLevel = Field(default="info", description="debug, info, warning or error.")
     log_format: LogFormat = Field(default="text", description="text, or json (one object a line).")
     access_log: bool = Field(default=False, description="Log one line per request.")
+    metrics_listen: str | None = Field(
+        default=None,
+        description="Also serve GET /metrics, /healthz and /readyz (nothing else) over TCP on "
+        "HOST:PORT, or PORT on loopback; off by default.",
+    )
 
     @field_validator("socket_mode", mode="before")
     @classmethod
@@ -167,6 +177,20 @@ class BrokerSettings(BaseSettings):
     @classmethod
     def _lowercase(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(parse_listen_address(value))
+        except MetricsListenError as exc:
+            raise ValueError(str(exc)) from None
+
+    @property
+    def metrics_address(self) -> ListenAddress | None:
+        return None if self.metrics_listen is None else parse_listen_address(self.metrics_listen)
 
     @field_validator("secret")
     @classmethod
