@@ -68,6 +68,7 @@ wheelhouse: $(STAMP)
 image: wheelhouse
 	$(DOCKER) build --network none --tag $(IMAGE) \
 	    $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) .
+	@$(DOCKER) image inspect --format '$(IMAGE): {{.Size}} bytes' $(IMAGE)
 
 # The test builds the image itself (from the same wheelhouse) and runs it; EB_TEST_IMAGE tells
 # it to use the one just built instead.

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
 
 from ephemeral_broker.main import create_app
 from ephemeral_broker.settings import BrokerSettings
@@ -39,6 +40,18 @@ UID = "10001"
 # The Dockerfile's drain deadline is the broker's default; the test sets it explicitly so that
 # what it waits for is written here.
 DRAIN_TIMEOUT_MS = 5000
+METRICS_LISTEN = "127.0.0.1:9464"
+# Run inside the broker's container: GET each path on the metrics port, one JSON line each.
+METRICS_PROBE = f"""
+import json, sys, urllib.error, urllib.request
+for path in sys.argv[1:]:
+    try:
+        with urllib.request.urlopen("http://{METRICS_LISTEN}" + path, timeout=5) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as refused:
+        status, body = refused.code, refused.read()
+    print(json.dumps({{"path": path, "status": status, "body": body.decode()}}))
+"""
 
 
 # ---- the Dockerfile --------------------------------------------------------------------------
@@ -340,8 +353,9 @@ def test_sidecar_image_serves_another_container_through_a_volume_and_drains_on_s
     volume = containers.volume()
     mount = f"{volume}:{SOCKET_DIR}"
     broker = containers.start(
-        "--volume", mount, "--env", f"BROKER_DRAIN_TIMEOUT={DRAIN_TIMEOUT_MS}", image
-    )
+        "--volume", mount, "--env", f"BROKER_DRAIN_TIMEOUT={DRAIN_TIMEOUT_MS}",
+        "--env", f"BROKER_METRICS_LISTEN={METRICS_LISTEN}", image,
+    )  # fmt: skip
 
     # A user's test container: the same image, as uid 10001, the socket through the volume.
     # The client waits for a socket that is not there yet (the broker may still be starting).
@@ -355,6 +369,20 @@ def test_sidecar_image_serves_another_container_through_a_volume_and_drains_on_s
     lines = session.stdout.splitlines()
     assert lines[0].startswith("pong ")
     assert lines[1:] == ["1", "hello", "0", "1", "true"]  # version; value; two slots; released
+
+    # The metrics port, from inside the broker's container (it has no network but loopback):
+    # Prometheus' text with the key just set, the probes, and no key route.
+    answers = {}
+    probe = docker("exec", broker, "python", "-I", "-c", METRICS_PROBE,
+                   "/metrics", "/healthz", "/readyz", "/v1/keys/greeting").stdout  # fmt: skip
+    for line in probe.splitlines():
+        answer = json.loads(line)
+        answers[answer["path"]] = (answer["status"], answer["body"])
+    assert answers["/healthz"][0] == answers["/readyz"][0] == 200
+    assert answers["/v1/keys/greeting"][0] == 404
+    assert "hello" not in answers["/v1/keys/greeting"][1]
+    families = {f.name: f for f in text_string_to_metric_families(answers["/metrics"][1])}
+    assert [s.value for s in families["ephemeral_broker_items"].samples] == [1.0]
 
     # The broker's process runs as 10001, and Docker's own health check turns healthy.
     status = docker("exec", broker, "cat", "/proc/1/status").stdout
