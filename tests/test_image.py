@@ -352,15 +352,16 @@ def test_sidecar_image_serves_another_container_through_a_volume_and_drains_on_s
 
     volume = containers.volume()
     mount = f"{volume}:{SOCKET_DIR}"
+    # --read-only, as the examples run it: the broker writes nothing but its socket.
     broker = containers.start(
-        "--volume", mount, "--env", f"BROKER_DRAIN_TIMEOUT={DRAIN_TIMEOUT_MS}",
+        "--read-only", "--volume", mount, "--env", f"BROKER_DRAIN_TIMEOUT={DRAIN_TIMEOUT_MS}",
         "--env", f"BROKER_METRICS_LISTEN={METRICS_LISTEN}", image,
     )  # fmt: skip
 
     # A user's test container: the same image, as uid 10001, the socket through the volume.
     # The client waits for a socket that is not there yet (the broker may still be starting).
     session = containers.run(
-        "--volume", mount, "--user", f"{UID}:{UID}", "--entrypoint", "sh", image, "-c",
+        "--read-only", "--volume", mount, "--user", f"{UID}:{UID}", "--entrypoint", "sh", image, "-c",
         "set -e; epb ping --timeout 30; epb set greeting hello --ttl 60000; epb get greeting;"
         " epb lease slots --worker w1 --size 2; epb lease slots --worker w2 --size 2;"
         " epb release slots --worker w1",
