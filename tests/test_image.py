@@ -219,8 +219,8 @@ def default_base_image() -> str:
     return next(a.partition("=")[2] for a in args if a.startswith("BASE_IMAGE="))
 
 
-def require_docker() -> str:
-    """The base image to build on, once a daemon answers; skips (or fails, under CI)."""
+def require_daemon() -> str:
+    """Where the Docker daemon answers; skips (or fails, under CI) when none does."""
     if shutil.which("docker") is None:
         unavailable("no docker command on PATH")
     where = os.environ.get("DOCKER_HOST", "the default socket")
@@ -228,6 +228,12 @@ def require_docker() -> str:
     if answer.returncode != 0:
         last = (answer.stderr.strip().splitlines() or ["no answer"])[-1]
         unavailable(f"no Docker daemon answers at {where} ({last})")
+    return where
+
+
+def require_base_image() -> str:
+    """The base image to build on, present on an answering daemon; skips (or fails)."""
+    where = require_daemon()
     base = os.environ.get("EB_BASE_IMAGE") or default_base_image()
     if docker("image", "inspect", base, check=False).returncode != 0:
         unavailable(
@@ -269,10 +275,11 @@ def dangling_images() -> list[str]:
 def sidecar_image(tmp_path: Path) -> Iterator[str]:
     """The image under test: EB_TEST_IMAGE, or one built now (and removed afterwards)."""
     given = os.environ.get("EB_TEST_IMAGE")
-    base = require_docker()
     if given:
+        require_daemon()
         yield given
         return
+    base = require_base_image()
     tag = f"ephemeral-broker-test:{uuid.uuid4().hex[:12]}"
     context = build_context(tmp_path)
     # Docker's classic builder keeps the first stage as an untagged image: the ones this build
@@ -361,7 +368,8 @@ def test_sidecar_image_serves_another_container_through_a_volume_and_drains_on_s
     # A user's test container: the same image, as uid 10001, the socket through the volume.
     # The client waits for a socket that is not there yet (the broker may still be starting).
     session = containers.run(
-        "--read-only", "--volume", mount, "--user", f"{UID}:{UID}", "--entrypoint", "sh", image, "-c",
+        "--read-only", "--volume", mount, "--user", f"{UID}:{UID}",
+        "--entrypoint", "sh", image, "-c",
         "set -e; epb ping --timeout 30; epb set greeting hello --ttl 60000; epb get greeting;"
         " epb lease slots --worker w1 --size 2; epb lease slots --worker w2 --size 2;"
         " epb release slots --worker w1",
