@@ -40,8 +40,8 @@ install: $(STAMP)
 
 # The newest versions pyproject.toml allows, resolved in a throw-away venv (never .venv, which
 # could hold leftovers), frozen with the project itself and pip left out (setuptools stays: the
-# dev extra builds the wheel with it). Through a temporary file: a
-# failed resolution leaves constraints.txt as it was.
+# dev extra builds the wheel with it). Through a temporary file: a failed resolution leaves
+# constraints.txt as it was.
 lock:
 	rm -rf .lock-venv
 	$(PYTHON) -m venv .lock-venv
