@@ -125,10 +125,15 @@ BrokerFactory = Callable[..., BrokerProcess]
 
 
 def launch_broker(
-    path: Path, stderr_path: Path, *flags: str, env: dict[str, str] | None = None
+    path: Path,
+    stderr_path: Path,
+    *flags: str,
+    env: dict[str, str] | None = None,
+    preexec: Callable[[], None] | None = None,
 ) -> BrokerProcess:
     """Start `ephemeral-broker serve` on `path` and wait for its EPHEMERAL_PIPE line; the
-    process is killed again if it does not start."""
+    process is killed again if it does not start. `preexec` runs in the child before exec
+    (resource limits)."""
     args = [BROKER_EXE, "serve", "--socket", str(path), *flags]
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
@@ -137,6 +142,7 @@ def launch_broker(
             stderr=stderr,
             text=True,
             env={**os.environ, **(env or {})},
+            preexec_fn=preexec,  # noqa: PLW1509 (no threads start before the broker does)
         )
     broker = BrokerProcess(proc, path, stderr_path, args)
     try:
@@ -165,10 +171,14 @@ def start_broker(short_tmp: Path) -> Iterator[BrokerFactory]:
     started: list[BrokerProcess] = []
 
     def factory(
-        *flags: str, socket: Path | None = None, env: dict[str, str] | None = None
+        *flags: str,
+        socket: Path | None = None,
+        env: dict[str, str] | None = None,
+        preexec: Callable[[], None] | None = None,
     ) -> BrokerProcess:
         path = socket or short_tmp / f"b{len(started)}.sock"
-        broker = launch_broker(path, short_tmp / f"b{len(started)}.stderr", *flags, env=env)
+        stderr = short_tmp / f"b{len(started)}.stderr"
+        broker = launch_broker(path, stderr, *flags, env=env, preexec=preexec)
         started.append(broker)
         return broker
 
@@ -197,6 +207,17 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
     assert problem["request_id"] == response.headers["x-request-id"]
     assert problem["detail"] and problem["title"]
     return problem
+
+
+def split_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """A raw HTTP/1.1 response: status, headers (names lower-cased), and what follows them."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import BIN_DIR, BROKER_EXE, uds_client, wait_until
+from tests.test_lifecycle import SlowUpload
 
 EPB = str(BIN_DIR / "epb")
 
@@ -252,24 +252,20 @@ def test_stop_ends_a_drain_that_outlasts_its_timeout(
     sock = short_tmp / "b.sock"
     variables = start("--socket", str(sock), "--drain-timeout", "60000", pids=started_pids)
     pid = int(variables["EPHEMERAL_BROKER_PID"])
-    # A request in flight that never finishes: a chunked upload that stops sending.
-    stuck = socket.socket(socket.AF_UNIX)
-    stuck.connect(str(sock))
-    stuck.sendall(
-        b"PUT /v1/keys/slow HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{"
-    )
+    # A request in flight for as long as the drain may last: a body that keeps moving.
+    upload = SlowUpload(sock)
     try:
         with uds_client(sock, timeout=10) as client:
             wait_until(
                 lambda: client.get("/v1/health").json()["connections"]["in_flight"] >= 2,
-                what="the stuck upload to count as in flight",
+                what="the slow upload to count as in flight",
             )
         result = subprocess.run(
             [BROKER_EXE, "stop", "--pid", str(pid), "--socket", str(sock), "--timeout", "0.5"],
             capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
     finally:
-        stuck.close()
+        upload.close()
     assert result.returncode == 0, result.stderr
     assert f"broker {pid} still draining after 0.5 s; stopping it at once" in result.stderr
     assert not alive(pid)

@@ -56,3 +56,25 @@ def test_profile_attributes_the_brokers_cpu_to_packages_and_names_our_routes() -
     assert abs(sum(shares.values()) - 100) < 1, shares
     # The profile covers serving GETs, not start-up: the keys route is among the functions.
     assert "app/ephemeral_broker/api/keys.py" in result.stdout and "(get_key)" in result.stdout
+
+
+def test_soak_reports_ops_errors_and_the_brokers_resources(tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    result = run_module(
+        "bench.soak", "--procs", "2", "--seconds", "2", "--json", str(out), timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    soak = orjson.loads(out.read_bytes())
+    assert soak["ops"] > 0 and soak["ops"] == sum(soak["outcomes"].values()) + sum(
+        soak["errors"].values()
+    )
+    assert soak["errors"] == {}, soak["errors"]
+    assert set(soak["broker"]) == {"start", "middle", "end", "after_expiry"}
+    for row in soak["broker"].values():
+        assert row["rss_bytes"] > 0 and row["fds"] > 0
+    # Everything the soak wrote had a short TTL: after it, nothing is left.
+    assert (soak["broker"]["after_expiry"]["items"], soak["broker"]["after_expiry"]["leases"]) == (
+        0,
+        0,
+    )
+    assert "p50" in result.stdout and "after_expiry" in result.stdout

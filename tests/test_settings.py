@@ -39,7 +39,9 @@ def test_defaults_match_the_spec() -> None:
         "max_value_size": 262_144, "max_request_size": 1_048_576, "max_key_length": 512,
         "sweeper_interval": 1000, "refresh_ttl_on_get": False, "compression_threshold": 1024,
         "idle_timeout": 0, "heartbeat_interval": 0, "drain_timeout": 5000, "secret": None,
-        "log_level": "info", "log_format": "text", "access_log": False, "metrics_listen": None,
+        "log_level": "info", "log_format": "text", "access_log": False,
+        "keep_alive_timeout": 30_000, "head_timeout": 10_000, "body_timeout": 10_000,
+        "max_connections": 1000, "metrics_listen": None,
     }  # fmt: skip
 
 

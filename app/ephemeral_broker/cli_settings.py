@@ -74,7 +74,11 @@ def _metavar(name: str) -> str:
     return (
         "BYTES"
         if "size" in name or name == "compression_threshold"
-        else ("N" if name in ("max_items", "max_leases", "max_key_length") else "MS")
+        else (
+            "N"
+            if name in ("max_items", "max_leases", "max_key_length", "max_connections")
+            else "MS"
+        )
     )
 
 

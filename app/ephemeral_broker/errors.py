@@ -30,6 +30,8 @@ ErrorCode = Literal[
     "invalid_key",
     "validation_error",
     "draining",
+    "too_many_connections",
+    "request_timeout",
     "max_items",
     "max_leases",
     "internal_error",
@@ -58,6 +60,9 @@ ERRORS: Final[Mapping[str, tuple[int, str]]] = {
     "invalid_key": (422, "Invalid key"),
     "validation_error": (422, "Validation error"),
     "draining": (503, "Broker is draining"),
+    # Connection hygiene (http_protocol.py): answered before any app code runs.
+    "too_many_connections": (503, "Too many connections"),
+    "request_timeout": (408, "Request timeout"),
     "max_items": (507, "Store is full"),
     "max_leases": (507, "Lease table is full"),
     "internal_error": (500, "Internal error"),
@@ -84,7 +89,7 @@ class BrokerError(Exception):
         self.detail = detail
         self.errors = list(errors) if errors is not None else None
         self.headers = dict(headers) if headers is not None else {}
-        if code == "draining":
+        if self.status == 503:
             self.headers.setdefault("Retry-After", RETRY_AFTER_SECONDS)
 
 

@@ -42,9 +42,8 @@ from ephemeral_broker.store import Store
 ROUTES: Final = ("/metrics", "/healthz", "/readyz")
 ALLOWED_METHODS: Final = "GET, HEAD"
 _LISTEN_BACKLOG: Final = 128
-# Scrapers and probes hold at most a connection or two; idle ones are closed sooner than the
-# socket's 30 s, since a TCP port can be reached by more than the broker's own clients.
-_KEEP_ALIVE_SECONDS: Final = 5
+# Scrapers and probes hold at most a connection or two each.
+METRICS_MAX_CONNECTIONS: Final = 64
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -178,7 +177,9 @@ class MetricsListener:
             access_log=False,
             server_header=False,
             proxy_headers=False,
-            timeout_keep_alive=_KEEP_ALIVE_SECONDS,
+            # Idle ones are closed sooner than the socket's: a port is reachable by more than
+            # the broker's own clients.
+            timeout_keep_alive=5,
         )
         config.load()
         self._server = uvicorn.Server(config)

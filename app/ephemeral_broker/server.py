@@ -22,11 +22,16 @@ from types import FrameType
 from typing import Any, Final, TypeVar
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ephemeral_broker.errors import ERRORS, PROBLEM_CONTENT_TYPE, ErrorCode, problem_body
+from ephemeral_broker.http_protocol import (
+    MAX_HEAD_BYTES,
+    BrokerHttpProtocol,
+    ConnectionLimits,
+    protocol_class,
+)
 from ephemeral_broker.logs import logger
 from ephemeral_broker.metrics_listener import (
+    METRICS_MAX_CONNECTIONS,
     MetricsEndpoints,
     MetricsListener,
     bind_metrics_socket,
@@ -43,11 +48,9 @@ from ephemeral_broker.unix_socket import new_private_socket_path, socket_answers
 
 HANDLED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 LISTEN_BACKLOG: Final = 1024
-# Request line plus headers. The broker's own headers are small (a signature is ~200 bytes);
-# 64 KiB leaves room for any client while bounding what one connection can make us hold.
-MAX_HEAD_BYTES: Final = 64 * 1024
-# Idle keep-alive connections are closed after this long; clients hold one pooled connection.
-KEEP_ALIVE_SECONDS: Final = 30
+# File descriptors kept free beyond max_connections: the listening sockets, the event loop,
+# log files, /proc reads, the metrics listener's connections.
+FD_RESERVE: Final = 64
 _PROBE_TIMEOUT_SECONDS: Final = 0.5
 _TICK_SECONDS: Final = 0.1
 # uvicorn's Server.shutdown sleeps this long after asking connections to close.
@@ -219,61 +222,6 @@ SIGNALS = SignalDispatcher()
 # ---- uvicorn -------------------------------------------------------------------------------
 
 
-class BrokerHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with two changes made before any app code runs:
-
-    - a request the parser cannot read is answered with problem+json (`bad_request`), not
-      uvicorn's plain-text 400: every error of ours has a stable code;
-    - the request line and headers together are bounded by MAX_HEAD_BYTES (`431
-      headers_too_large`). httptools accumulates a header value until it is complete before
-      any callback sees it, so the bound counts raw bytes as they arrive: memory spent on a
-      request's head never passes the bound by more than one read from the socket.
-    """
-
-    _head_complete = False
-    _head_bytes = 0
-
-    def data_received(self, data: bytes) -> None:
-        if not self._head_complete:
-            self._head_bytes += len(data)
-        super().data_received(data)
-        if (
-            not self._head_complete
-            and self._head_bytes > MAX_HEAD_BYTES
-            and not self.transport.is_closing()
-        ):
-            self._refuse(
-                "headers_too_large",
-                f"the request line and headers passed {MAX_HEAD_BYTES} bytes",
-            )
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._head_complete = False
-        self._head_bytes = 0
-
-    def on_headers_complete(self) -> None:
-        self._head_complete = True
-        super().on_headers_complete()
-
-    def send_400_response(self, msg: str) -> None:
-        self._refuse("bad_request", f"the HTTP request is malformed: {msg}")
-
-    def _refuse(self, code: ErrorCode, detail: str) -> None:
-        rid = os.urandom(8).hex()
-        body = problem_body(code, detail, rid)
-        status, title = ERRORS[code]
-        head = [b"HTTP/1.1 %d %s\r\n" % (status, title.encode())]
-        for name, value in self.server_state.default_headers:
-            head.append(name + b": " + value + b"\r\n")
-        head.append(
-            b"content-type: %s\r\ncontent-length: %d\r\nx-request-id: %s\r\n"
-            b"connection: close\r\n\r\n" % (PROBLEM_CONTENT_TYPE.encode(), len(body), rid.encode())
-        )
-        self.transport.write(b"".join(head) + body)
-        self.transport.close()
-
-
 class BrokerServer(uvicorn.Server):
     """uvicorn's server with our signal handling and drain.
 
@@ -350,6 +298,9 @@ class BrokerServer(uvicorn.Server):
             self._drain_deadline = self._loop.time() + self.drain_timeout
         logger.info("shutting down", extra={"fields": {"reason": reason}})
         self.runtime.begin_drain()
+        http: Any = self.config.http
+        if isinstance(http, type) and issubclass(http, BrokerHttpProtocol):
+            http.draining[0] = True  # bodies in progress get DRAIN_BODY_GRACE between reads
         self.should_exit = True
         if self._exit_requested is not None:
             self._exit_requested.set()
@@ -381,17 +332,63 @@ class BrokerServer(uvicorn.Server):
             self.should_exit = True  # not started yet: uvicorn checks this before serving
 
 
-def uvicorn_config(app: Any, *, drain_timeout_ms: int, lifespan: str = "on") -> uvicorn.Config:
+def connection_limits(settings: BrokerSettings) -> ConnectionLimits:
+    """The settings' connection limits, with max_connections fitted to the open-file limit."""
+    limits = ConnectionLimits(
+        keep_alive=settings.keep_alive_timeout / 1000,
+        head_timeout=settings.head_timeout / 1000,
+        body_timeout=settings.body_timeout / 1000,
+        max_connections=settings.max_connections,
+        max_head_bytes=MAX_HEAD_BYTES,
+    )
+    available = _raise_open_file_limit(settings.max_connections + FD_RESERVE) - FD_RESERVE
+    if available < limits.max_connections:
+        logger.warning(
+            "max_connections lowered to fit the open-file limit (ulimit -n)",
+            extra={"fields": {"max_connections": max(1, available),
+                              "configured": settings.max_connections}},
+        )  # fmt: skip
+        limits.max_connections = max(1, available)
+    return limits
+
+
+def _raise_open_file_limit(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE towards `wanted` (never above the hard limit); returns it."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return wanted
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft
+    return target
+
+
+def uvicorn_config(
+    app: Any,
+    *,
+    drain_timeout_ms: int,
+    lifespan: str = "on",
+    limits: ConnectionLimits | None = None,
+) -> uvicorn.Config:
     """The broker's uvicorn configuration (the benchmark's raw-ASGI baseline uses it too)."""
+    limits = limits or ConnectionLimits()
     return uvicorn.Config(
         app,
-        http=BrokerHttpProtocol,
+        http=protocol_class(limits),
         lifespan=lifespan,  # type: ignore[arg-type]
         log_config=None,
         access_log=False,
         server_header=False,
         proxy_headers=False,
-        timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        # uvicorn's timer after each response; http_protocol arms one from the connection's
+        # start too. Fractions work: uvicorn hands it to call_later.
+        timeout_keep_alive=limits.keep_alive,  # type: ignore[arg-type]
         # Narrowed to what is left of the drain deadline when shutdown begins (see shutdown()).
         # uvicorn annotates int but hands it to asyncio.wait_for: milliseconds matter here.
         timeout_graceful_shutdown=drain_timeout_ms / 1000,  # type: ignore[arg-type]
@@ -416,7 +413,9 @@ async def serve(
     """
     SIGNALS.install()
     runtime: Runtime = app.state.runtime
-    config = uvicorn_config(app, drain_timeout_ms=settings.drain_timeout)
+    config = uvicorn_config(
+        app, drain_timeout_ms=settings.drain_timeout, limits=connection_limits(settings)
+    )
     listening: list[BoundSocket] = []
     # Bound before the Unix socket: a taken port stops start-up before anything else exists.
     metrics_listener = _metrics_listener(settings, app)
@@ -480,7 +479,8 @@ def _metrics_listener(settings: BrokerSettings, app: Any) -> MetricsListener | N
     except OSError as exc:
         raise StartupError(describe_bind_error(address, exc)) from exc
     endpoints = MetricsEndpoints(app.state.store, app.state.runtime, app.state.metrics)
-    return MetricsListener(endpoints, sock, BrokerHttpProtocol)
+    limits = ConnectionLimits(keep_alive=5.0, max_connections=METRICS_MAX_CONNECTIONS)
+    return MetricsListener(endpoints, sock, protocol_class(limits))
 
 
 def run_in_new_loop(main: Coroutine[Any, Any, T]) -> T:

@@ -139,6 +139,24 @@ class BrokerSettings(BaseSettings):
     log_level: LogLevel = Field(default="info", description="debug, info, warning or error.")
     log_format: LogFormat = Field(default="text", description="text, or json (one object a line).")
     access_log: bool = Field(default=False, description="Log one line per request.")
+    keep_alive_timeout: PositiveInt = Field(
+        default=30_000,
+        description="Close a connection idle this long (ms), counted from its opening too.",
+    )
+    head_timeout: PositiveInt = Field(
+        default=10_000,
+        description="A request line and headers must arrive within this long (ms) of their "
+        "first byte; else 408 and the connection is closed.",
+    )
+    body_timeout: PositiveInt = Field(
+        default=10_000,
+        description="A request body may pause at most this long (ms) between reads; else 408 "
+        "and the connection is closed.",
+    )
+    max_connections: PositiveInt = Field(
+        default=1_000,
+        description="Connections at once; one more is refused with 503 too_many_connections.",
+    )
     metrics_listen: str | None = Field(
         default=None,
         description="Also serve GET /metrics, /healthz and /readyz (nothing else) over TCP on "
