@@ -18,12 +18,15 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import uvicorn
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from prometheus_client.parser import text_string_to_metric_families
 
 from ephemeral_broker.main import create_app
@@ -133,6 +136,33 @@ def test_the_healthcheck_runs_the_script_the_image_copies() -> None:
     copies = [rest.split() for word, rest in dockerfile_instructions() if word == "COPY"]
     assert ["image/healthcheck.py", command[-1]] in copies
     assert command[:2] == ["python", "-I"]
+
+
+# ---- the lock -------------------------------------------------------------------------------
+
+
+def pinned_versions() -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep, f"constraints.txt: {line!r} is not NAME==VERSION"
+            pins[canonicalize_name(name)] = version.strip()
+    return pins
+
+
+def test_constraints_pin_every_dependency_within_what_pyproject_allows() -> None:
+    """A dependency added to pyproject.toml without `make lock` would be installed unpinned
+    (by CI too): this names it."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = pinned_versions()
+    for text in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
+        requirement = Requirement(text)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement.name} is not in constraints.txt: run make lock"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"constraints.txt pins {name}=={pins[name]}, outside {text!r}: run make lock"
+        )
 
 
 # ---- the health check, against real brokers on this machine ------------------------------
