@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import uvicorn
-from packaging.requirements import Requirement
+from packaging.requirements import Requirement  # pytest's own dependency
 from packaging.utils import canonicalize_name
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -40,8 +40,8 @@ HEALTHCHECK_SCRIPT = ROOT / "image" / "healthcheck.py"
 SOCKET_DIR = "/run/ephemeral-broker"
 SOCKET = f"{SOCKET_DIR}/broker.sock"
 UID = "10001"
-# The Dockerfile's drain deadline is the broker's default; the test sets it explicitly so that
-# what it waits for is written here.
+# The image leaves the drain deadline at the broker's default; the test sets it explicitly, so
+# that the bound it checks is written here.
 DRAIN_TIMEOUT_MS = 5000
 METRICS_LISTEN = "127.0.0.1:9464"
 # Run inside the broker's container: GET each path on the metrics port, one JSON line each.
