@@ -160,7 +160,6 @@ async def test_ttl_null_means_not_given(api: httpx.AsyncClient) -> None:
         "c1%C2%85",
         "nbsp%C2%A0",
         "a%2Fb",
-        "a/b",
         "",
     ],
 )
@@ -172,6 +171,13 @@ async def test_422_invalid_key(api: httpx.AsyncClient, key: str) -> None:
     ]:
         response = await api.request(method, url, json={"value": 1, "ttl_ms": 100})
         assert_problem(response, 422, "invalid_key")
+
+
+async def test_a_name_is_one_path_segment(api: httpx.AsyncClient) -> None:
+    # A literal '/' separates segments: /v1/keys/a/b is no endpoint, never the key "a/b".
+    for method in ("PUT", "GET", "DELETE"):
+        response = await api.request(method, "/v1/keys/a/b", json={"value": 1, "ttl_ms": 100})
+        assert_problem(response, 404, "route_not_found")
 
 
 async def test_dot_keys_and_trailing_newlines_are_refused_at_the_asgi_level() -> None:

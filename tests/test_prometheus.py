@@ -40,10 +40,15 @@ def query_items(api: httpx.Client, expected: float) -> list[dict[str, object]]:
     last: object = None
     while time.monotonic() < deadline:
         try:
-            answer = api.get("/api/v1/query", params={"query": "ephemeral_broker_items"}).json()
-        except httpx.TransportError as exc:  # Prometheus still starting
+            response = api.get("/api/v1/query", params={"query": "ephemeral_broker_items"})
+        except httpx.TransportError as exc:  # Prometheus not listening yet
             last = exc
         else:
+            if response.status_code != 200:  # still starting: 503 and a plain-text body
+                last = response.text
+                time.sleep(0.2)
+                continue
+            answer = response.json()
             last = answer
             result: list[dict[str, object]] = answer["data"]["result"]
             if result and float(result[0]["value"][1]) == expected:  # type: ignore[index]

@@ -33,6 +33,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ephemeral_broker.api.paths import strict_names
 from ephemeral_broker.errors import BrokerError, send_problem
 from ephemeral_broker.limits import guard_body
 from ephemeral_broker.logs import access_logger, logger
@@ -235,7 +236,7 @@ class BrokerMiddleware:
     async def _admit(
         self, scope: Scope, receive: Receive, send: Send, found: dict[bytes, bytes], probe: bool
     ) -> Response | None:
-        """Steps 4 to 6: auth, body limits, then the route. Returns the answer of one of the
+        """Steps 4 to 7: auth, names, body limits, then the route. Returns the answer of one of the
         broker's routes, to be sent; None when the request was answered through `send`."""
         length = found.get(b"content-length")
         chunked = b"transfer-encoding" in found
@@ -254,7 +255,12 @@ class BrokerMiddleware:
             if admitted is None:
                 return None  # answered already
             receive = admitted
-        # 5. Body limits and Content-Encoding (nothing to do without a body).
+        # 5. Names in the path and query: strict UTF-8, one segment each (api/paths.py).
+        refused = strict_names(scope)
+        if refused is not None:
+            await send_problem(scope, send, refused)
+            return None
+        # 6. Body limits and Content-Encoding (nothing to do without a body).
         if length is not None or chunked:
             guarded = guard_body(
                 scope, receive, self.limit, length, found.get(b"content-encoding", b""), chunked
@@ -263,7 +269,7 @@ class BrokerMiddleware:
                 await send_problem(scope, send, guarded)
                 return None
             scope, receive = guarded
-        # 6. The route.
+        # 7. The route.
         routes = self.routes
         if routes is not None:
             target = routes.find(scope)

@@ -1,11 +1,9 @@
 """Leases: acquire (or renew) in a pool, renew, release one, release all of a worker, list
 (SPEC section 3, "Leases").
 
-Path parameters: pool names and worker ids may not contain '/', but a client can still send
-one percent-encoded. The routes that end in a name take the rest of the path (the `name`
-convertor of api/paths.py), so such a request reaches the name rules and gets 422
-invalid_key instead of a routing error. The renew route is declared before the acquire route,
-whose `{pool:name}` would otherwise also match `<pool>/<worker>/renew`.
+Path parameters: pool names and worker ids are one path segment each (the `name` convertor
+of api/paths.py); one that hides a '/' as %2F, or is not UTF-8, is refused with 422
+invalid_key before routing.
 """
 
 from __future__ import annotations
