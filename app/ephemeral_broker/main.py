@@ -28,6 +28,7 @@ from ephemeral_broker.errors import PROBLEM_CONTENT_TYPE, BrokerError, problem_b
 from ephemeral_broker.logs import logger
 from ephemeral_broker.metrics import BrokerMetrics
 from ephemeral_broker.middleware import BrokerMiddleware
+from ephemeral_broker.openapi_rules import apply_rules
 from ephemeral_broker.runtime import Runtime
 from ephemeral_broker.schemas import (
     AcquireLeaseRequest,
@@ -261,5 +262,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     }
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
+        settings: BrokerSettings = app.state.settings
+        apply_rules(schema, max_key_length=settings.max_key_length, max_ttl=settings.max_ttl)
         app.openapi_schema = schema
     return app.openapi_schema

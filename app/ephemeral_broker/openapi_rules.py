@@ -1,0 +1,189 @@
+"""The rules the server enforces, written into the OpenAPI document FastAPI generates.
+
+FastAPI describes parameters and bodies by their Python types; the broker checks more than
+types (names, TTL bounds, 64-bit integers, header formats, auth, limits before the app). This
+adds each such rule where a client generator or a schema-driven tester looks for it:
+
+- names (path `key`, `pool`, `worker_id`; query `prefix`, `worker_id`; body `worker_id`):
+  length, a pattern without `/`, whitespace or control characters, and not `.` or `..`;
+- `ttl_ms` from 1 to the broker's max_ttl, `by` and versions within signed 64 bits;
+- `If-Match` / `If-None-Match`: `*` or a list of quoted versions;
+- security schemes for `Authorization: Bearer` and the HMAC signature headers, required by
+  every operation but the probes when the broker has a secret;
+- the answers the broker gives before a route runs: 400 `bad_request`, 401 `auth_failed`, 408
+  `request_timeout`, 413 `too_large`, 431 `headers_too_large`, 503 `too_many_connections`;
+- response headers: `ETag` where a route sets it, `Retry-After` on every 503,
+  `X-Request-ID` on every answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from ephemeral_broker.errors import PROBLEM_CONTENT_TYPE
+
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+# No '/', no whitespace, no C0/DEL/C1 control character (ECMA-262 regex, as JSON Schema uses).
+NAME_PATTERN: Final = r"^[^/\s\x00-\x1f\x7f-\x9f]+$"
+PREFIX_PATTERN: Final = r"^[^/\s\x00-\x1f\x7f-\x9f]*$"
+ETAG_LIST_PATTERN: Final = r'^\s*(\*|(W/)?"[0-9]+"(\s*,\s*(W/)?"[0-9]+")*)\s*$'
+_NAME_PARAMS: Final = frozenset({("path", "key"), ("path", "pool"), ("path", "worker_id"),
+                                  ("query", "worker_id")})  # fmt: skip
+_PROBES: Final = frozenset({"/healthz", "/readyz"})
+_PROBLEM: Final = {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDetail"}}}
+_HEADER_DOCS: Final = {
+    "ETag": ('`"<version>"` of the key as it is now.', {"type": "string", "pattern": '^"[0-9]+"$'}),
+    "Retry-After": ("Seconds after which to try again.", {"type": "integer", "minimum": 0}),
+    "X-Request-ID": ("The request's own id when it sent a valid one, else a new one.",
+                     {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"}),
+}  # fmt: skip
+# Answers any operation may get before its route runs, by status: the codes they carry.
+_BEFORE_ROUTE: Final = {
+    "400": ["bad_request"],
+    "408": ["request_timeout"],
+    "431": ["headers_too_large"],
+    "503": ["too_many_connections"],
+}
+_WITH_BODY_BEFORE_ROUTE: Final = {"413": ["too_large"]}
+_ETAG_STATUSES: Final = ("200", "201", "304")
+
+
+def _name_schema(max_key_length: int, *, prefix: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "string",
+        "maxLength": max_key_length,
+        "pattern": PREFIX_PATTERN if prefix else NAME_PATTERN,
+        "description": f"At most {max_key_length} bytes of UTF-8 (max_key_length); maxLength "
+        "counts characters, so it is exact for ASCII names. No '/', whitespace or control "
+        "characters" + ("." if prefix else ", and not '.' or '..'."),
+    }
+    if not prefix:
+        schema["minLength"] = 1
+        schema["not"] = {"enum": [".", ".."]}
+    return schema
+
+
+def _header(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/headers/{name}"}
+
+
+def _integer_branch(schema: dict[str, Any]) -> dict[str, Any]:
+    """The `integer` member of an Optional's anyOf, or the schema itself."""
+    for member in schema.get("anyOf", ()):
+        if member.get("type") == "integer":
+            return dict(member)
+    return schema
+
+
+def _bound(prop: dict[str, Any], minimum: int, maximum: int) -> None:
+    target = _integer_branch(prop)
+    target["minimum"], target["maximum"] = minimum, maximum
+    if "anyOf" in prop:
+        prop["anyOf"] = [target if m.get("type") == "integer" else m for m in prop["anyOf"]]
+
+
+def _problem_response(codes: list[str], existing: dict[str, Any] | None) -> dict[str, Any]:
+    if existing is not None:
+        described = existing.get("description", "")
+        new = [code for code in codes if code not in described]
+        if new:
+            existing["description"] = described + (", " if described else "") + ", ".join(new)
+        return existing
+    return {"description": "Problem details; `code` is one of: " + ", ".join(codes),
+            "content": _PROBLEM}  # fmt: skip
+
+
+def apply_rules(schema: dict[str, Any], *, max_key_length: int, max_ttl: int) -> None:
+    """Write the server's rules into `schema` (FastAPI's generated document), in place."""
+    components = schema.setdefault("components", {})
+    components["securitySchemes"] = {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "Only when the broker has a secret: `Authorization: Bearer <secret>`.",
+        },
+        "hmacSignature": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-Broker-Signature",
+            "description": "Only when the broker has a secret: hex HMAC-SHA256(secret, "
+            '"<timestamp>\\n<METHOD>\\n<path?query as sent>\\n<hex sha256 of body>"), with '
+            "X-Broker-Timestamp.",
+        },
+        "hmacTimestamp": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-Broker-Timestamp",
+            "description": "Unix epoch milliseconds, within ±30 s of the broker's clock.",
+        },
+    }
+    components["headers"] = {
+        name: {"description": description, "schema": header_schema}
+        for name, (description, header_schema) in _HEADER_DOCS.items()
+    }
+    # Either credential, or none at all when the broker runs without a secret.
+    security: list[dict[str, list[str]]] = [
+        {"bearer": []},
+        {"hmacSignature": [], "hmacTimestamp": []},
+        {},
+    ]
+    for path, item in schema.get("paths", {}).items():
+        for method, operation in item.items():
+            _operation_rules(path, method, operation, security, max_key_length)
+    for model in components.get("schemas", {}).values():
+        properties = model.get("properties", {})
+        if "ttl_ms" in properties and model.get("title", "").endswith("Request"):
+            _bound(properties["ttl_ms"], 1, max_ttl)
+        if "by" in properties:
+            _bound(properties["by"], INT64_MIN, INT64_MAX)
+        if "worker_id" in properties and model.get("title", "").endswith("Request"):
+            declared = properties["worker_id"]
+            properties["worker_id"] = _name_schema(max_key_length) | {
+                key: declared[key] for key in ("title", "examples") if key in declared
+            }
+
+
+def _operation_rules(
+    path: str,
+    method: str,
+    operation: dict[str, Any],
+    security: list[dict[str, list[str]]],
+    max_key_length: int,
+) -> None:
+    responses: dict[str, Any] = operation.setdefault("responses", {})
+    for parameter in operation.get("parameters", ()):
+        where, name = parameter["in"], parameter["name"]
+        if (where, name) in _NAME_PARAMS:
+            parameter["schema"] = _name_schema(max_key_length) | {"title": name}
+        elif (where, name) == ("query", "prefix"):
+            parameter["schema"] = _name_schema(max_key_length, prefix=True) | {"title": name}
+        elif where == "header" and name in ("if-match", "if-none-match"):
+            parameter["schema"] = {"type": "string", "pattern": ETAG_LIST_PATTERN,
+                                   "description": parameter.get("description", "")}  # fmt: skip
+        elif where == "query" and name in ("after_version", "token"):
+            _bound(parameter["schema"], 0, INT64_MAX)
+    if path in _PROBES:
+        operation["security"] = []
+    else:
+        operation["security"] = security
+        responses["401"] = _problem_response(["auth_failed"], responses.get("401"))
+    before = dict(_BEFORE_ROUTE)
+    if "requestBody" in operation:
+        before |= _WITH_BODY_BEFORE_ROUTE
+    for status, codes in before.items():
+        responses[status] = _problem_response(codes, responses.get(status))
+    for status, response in responses.items():
+        headers = response.setdefault("headers", {})
+        headers["X-Request-ID"] = _header("X-Request-ID")
+        if status == "503":
+            headers["Retry-After"] = _header("Retry-After")
+        # The routes that set ETag: a key's GET (200 and 304) and PUT (200 and 201).
+        if (
+            path == "/v1/keys/{key}"
+            and method in ("get", "put")
+            and status in ("200", "201", "304")
+        ):
+            headers["ETag"] = _header("ETag")
+    # Sorted, so that the committed document does not move with insertion order.
+    operation["responses"] = dict(sorted(responses.items()))
