@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from ephemeral_broker.clock import FakeClock
-from tests.conftest import AppFactory
+from tests.conftest import AppFactory, assert_problem
 
 pytestmark = pytest.mark.anyio
 
@@ -252,3 +252,17 @@ async def test_defect_10_a_put_serialises_the_value_exactly_once(
     response = await put(api, "big", value)
     assert response.status_code == 201
     assert [c for c in calls if c == value] == [value]
+
+
+@pytest.mark.parametrize("header", ["7", "W/7", '"7', '7"', '""', '"7"x', '"7",8'])
+async def test_an_etag_must_be_quoted_as_the_broker_sends_it(
+    api: httpx.AsyncClient, header: str
+) -> None:
+    await put(api, "q", 1)
+    for method in ("PUT", "DELETE"):
+        response = await api.request(
+            method, "/v1/keys/q", json={"value": 2, "ttl_ms": 1000}, headers={"If-Match": header}
+        )
+        assert_problem(response, 422, "validation_error")
+    got = await api.get("/v1/keys/q", headers={"If-None-Match": header})
+    assert_problem(got, 422, "validation_error")

@@ -85,7 +85,10 @@ def parse_etags(header: str | None, name: str) -> VersionMatch | None:
         return "*"
     versions: set[int] = set()
     for part in text.split(","):
-        tag = part.strip().removeprefix("W/").strip('"')
+        quoted = part.strip().removeprefix("W/")
+        # Exactly one pair of double quotes around the digits, as the broker sends them: an
+        # unquoted 7 is not an ETag (RFC 9110 entity-tag), and is refused, not guessed at.
+        tag = quoted[1:-1] if len(quoted) >= 2 and quoted[0] == quoted[-1] == '"' else ""
         if not (tag.isascii() and tag.isdigit() and len(tag) <= 20):
             raise BrokerError(
                 "validation_error",
