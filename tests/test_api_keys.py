@@ -266,3 +266,20 @@ async def test_an_etag_must_be_quoted_as_the_broker_sends_it(
         assert_problem(response, 422, "validation_error")
     got = await api.get("/v1/keys/q", headers={"If-None-Match": header})
     assert_problem(got, 422, "validation_error")
+
+
+async def test_a_json_number_without_a_fraction_is_an_integer(api: httpx.AsyncClient) -> None:
+    # JSON has one number type, and JSON Schema's "integer" admits 100.0: so does the broker.
+    created = await api.put("/v1/keys/n", json={"value": 0, "ttl_ms": 100.0})
+    assert created.status_code == 201 and created.json()["ttl_ms"] == 100
+    incr = await api.post("/v1/keys/n/incr", json={"by": 2.0, "ttl_ms": 5e3})
+    assert incr.json()["value"] == 2
+    lease = await api.post("/v1/leases/p", json={"worker_id": "w", "size": 8.0, "wait_ms": 0.0})
+    assert lease.status_code == 201
+    assert_problem(
+        await api.put("/v1/keys/n", json={"value": 0, "ttl_ms": 1.5}), 422, "invalid_ttl"
+    )
+    huge = await api.post("/v1/keys/n/incr", json={"by": 1e20})
+    assert "field 'by'" in assert_problem(huge, 422, "validation_error")["detail"]
+    token = await api.delete("/v1/leases/p/w", params={"token": str(2**63)})
+    assert "query parameter 'token'" in assert_problem(token, 422, "validation_error")["detail"]

@@ -263,6 +263,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         components.pop("HTTPValidationError", None)
         components.pop("ValidationError", None)
         settings: BrokerSettings = app.state.settings
-        apply_rules(schema, max_key_length=settings.max_key_length, max_ttl=settings.max_ttl)
+        apply_rules(
+            schema,
+            max_key_length=settings.max_key_length,
+            max_ttl=settings.max_ttl,
+            require_ttl=settings.require_ttl,
+        )
         app.openapi_schema = schema
     return app.openapi_schema

@@ -21,9 +21,8 @@ from __future__ import annotations
 from typing import Any, Final
 
 from ephemeral_broker.errors import PROBLEM_CONTENT_TYPE
+from ephemeral_broker.schemas import INT64_MAX, INT64_MIN
 
-INT64_MIN: Final = -(2**63)
-INT64_MAX: Final = 2**63 - 1
 # No '/', no whitespace, no C0/DEL/C1 control character (ECMA-262 regex, as JSON Schema uses).
 NAME_PATTERN: Final = r"^[^/\s\x00-\x1f\x7f-\x9f]+$"
 PREFIX_PATTERN: Final = r"^[^/\s\x00-\x1f\x7f-\x9f]*$"
@@ -94,7 +93,9 @@ def _problem_response(codes: list[str], existing: dict[str, Any] | None) -> dict
             "content": _PROBLEM}  # fmt: skip
 
 
-def apply_rules(schema: dict[str, Any], *, max_key_length: int, max_ttl: int) -> None:
+def apply_rules(
+    schema: dict[str, Any], *, max_key_length: int, max_ttl: int, require_ttl: bool
+) -> None:
     """Write the server's rules into `schema` (FastAPI's generated document), in place."""
     components = schema.setdefault("components", {})
     components["securitySchemes"] = {
@@ -142,6 +143,15 @@ def apply_rules(schema: dict[str, Any], *, max_key_length: int, max_ttl: int) ->
             properties["worker_id"] = _name_schema(max_key_length) | {
                 key: declared[key] for key in ("title", "examples") if key in declared
             }
+    if require_ttl:
+        # A set without a TTL is refused (ttl_required) while require_ttl is on.
+        set_key = components.get("schemas", {}).get("SetKeyRequest", {})
+        ttl = set_key.get("properties", {}).get("ttl_ms")
+        if ttl is not None:
+            set_key["properties"]["ttl_ms"] = _integer_branch(ttl) | {
+                key: ttl[key] for key in ("description", "examples", "title") if key in ttl
+            }
+            set_key["required"] = sorted({*set_key.get("required", ()), "ttl_ms"})
 
 
 def _operation_rules(

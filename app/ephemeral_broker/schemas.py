@@ -3,11 +3,26 @@ responses by hand (see app/ephemeral_broker/api/keys.py) but always in exactly t
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
 
 from ephemeral_broker.rules import MAX_POOL_SIZE, MAX_WAIT_MS
+
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one kind of number: `100.0` is the integer 100 (as JSON Schema's `integer`
+    says too), `1.5` is not one. Booleans and strings stay refused by the strict check."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer field of a request body: a JSON number with no fractional part.
+JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
 
 
 class _Request(BaseModel):
@@ -20,7 +35,7 @@ class SetKeyRequest(_Request):
         description="Any JSON value. Stored as canonical JSON bytes; GET returns an equal value.",
         examples=[{"token": "s3cr3t", "expires": "soon"}],
     )
-    ttl_ms: StrictInt | None = Field(
+    ttl_ms: JsonInt | None = Field(
         default=None,
         description="Milliseconds until the key expires: 1..max_ttl. Required while "
         "require_ttl is on; 0 or a negative number is refused, never treated as 'no expiry'.",
@@ -29,8 +44,14 @@ class SetKeyRequest(_Request):
 
 
 class IncrRequest(_Request):
-    by: StrictInt = Field(default=1, description="Amount to add; may be negative.", examples=[1])
-    ttl_ms: StrictInt | None = Field(
+    by: JsonInt = Field(
+        default=1,
+        ge=INT64_MIN,
+        le=INT64_MAX,
+        description="Amount to add; may be negative; a signed 64-bit integer.",
+        examples=[1],
+    )
+    ttl_ms: JsonInt | None = Field(
         default=None,
         description="TTL for a key this call creates (required then, while require_ttl is on); "
         "on an existing key it restarts the TTL, and without it the deadline is kept.",
@@ -39,7 +60,7 @@ class IncrRequest(_Request):
 
 
 class TouchRequest(_Request):
-    ttl_ms: StrictInt = Field(description="New TTL in milliseconds.", examples=[60000])
+    ttl_ms: JsonInt = Field(description="New TTL in milliseconds.", examples=[60000])
 
 
 class SetKeyResponse(BaseModel):
@@ -157,13 +178,13 @@ class AcquireLeaseRequest(_Request):
         "or control characters). Asking again with the same worker_id renews its lease.",
         examples=["gw3"],
     )
-    ttl_ms: StrictInt | None = Field(
+    ttl_ms: JsonInt | None = Field(
         default=None,
         description="Milliseconds until the lease expires unless renewed: 1..max_ttl; default "
         "lease_ttl. 0 or a negative number is refused.",
         examples=[60000],
     )
-    size: StrictInt | None = Field(
+    size: JsonInt | None = Field(
         default=None,
         ge=1,
         le=MAX_POOL_SIZE,
@@ -171,7 +192,7 @@ class AcquireLeaseRequest(_Request):
         "pool is unbounded and a grant never waits.",
         examples=[8],
     )
-    wait_ms: StrictInt = Field(
+    wait_ms: JsonInt = Field(
         default=0,
         ge=0,
         le=MAX_WAIT_MS,
@@ -182,7 +203,7 @@ class AcquireLeaseRequest(_Request):
 
 
 class RenewLeaseRequest(_Request):
-    ttl_ms: StrictInt | None = Field(
+    ttl_ms: JsonInt | None = Field(
         default=None,
         description="New TTL in milliseconds, counted from now: 1..max_ttl; default lease_ttl.",
         examples=[60000],

@@ -19,6 +19,7 @@ from ephemeral_broker.api.responses import COMMON, WITH_BODY, problems
 from ephemeral_broker.api.routing import LeanRoute
 from ephemeral_broker.api.waits import unless_draining
 from ephemeral_broker.schemas import (
+    INT64_MAX,
     AcquireLeaseRequest,
     LeaseResponse,
     PoolLeasesResponse,
@@ -150,7 +151,8 @@ async def release(
     request: Request,
     token: Annotated[
         int | None,
-        Query(ge=1, description="Fencing token: release only the lease with this token (412 "
+        Query(ge=1, le=INT64_MAX,
+              description="Fencing token: release only the lease with this token (412 "
               "otherwise)."),
     ] = None,
 ) -> Response:  # fmt: skip
