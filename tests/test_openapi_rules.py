@@ -4,6 +4,7 @@ the app generates (which `openapi.json` must equal) and against the server's own
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -100,3 +101,21 @@ def test_security_schemes_and_the_answers_before_any_route(document: dict[str, A
     assert "ETag" in key["get"]["responses"]["200"]["headers"]
     assert "ETag" in key["get"]["responses"]["304"]["headers"]
     assert "ETag" in key["put"]["responses"]["201"]["headers"]
+
+
+def test_every_bound_is_a_json_schema_keyword(document: dict[str, Any]) -> None:
+    def walk(node: Any) -> Iterator[dict[str, Any]]:
+        if isinstance(node, dict):
+            yield node
+            for child in node.values():
+                yield from walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                yield from walk(child)
+
+    for node in walk(document):
+        if node.get("type") in ("integer", "number"):
+            assert not {"ge", "le", "gt", "lt"} & node.keys(), node
+    size = document["components"]["schemas"]["AcquireLeaseRequest"]["properties"]["size"]
+    branch = next(m for m in size["anyOf"] if m.get("type") == "integer")
+    assert (branch["minimum"], branch["maximum"]) == (1, 1_000_000)

@@ -26,7 +26,7 @@ from ephemeral_broker.schemas import INT64_MAX, INT64_MIN
 # No '/', no whitespace, no C0/DEL/C1 control character (ECMA-262 regex, as JSON Schema uses).
 NAME_PATTERN: Final = r"^[^/\s\x00-\x1f\x7f-\x9f]+$"
 PREFIX_PATTERN: Final = r"^[^/\s\x00-\x1f\x7f-\x9f]*$"
-ETAG_LIST_PATTERN: Final = r'^\s*(\*|(W/)?"[0-9]+"(\s*,\s*(W/)?"[0-9]+")*)\s*$'
+ETAG_LIST_PATTERN: Final = r'^(\*|(W/)?"[0-9]{1,20}"([ \t]*,[ \t]*(W/)?"[0-9]{1,20}")*)$'
 _NAME_PARAMS: Final = frozenset({("path", "key"), ("path", "pool"), ("path", "worker_id"),
                                   ("query", "worker_id")})  # fmt: skip
 _PROBES: Final = frozenset({"/healthz", "/readyz"})
@@ -93,10 +93,34 @@ def _problem_response(codes: list[str], existing: dict[str, Any] | None) -> dict
             "content": _PROBLEM}  # fmt: skip
 
 
+_PYDANTIC_BOUNDS: Final = {
+    "ge": "minimum",
+    "le": "maximum",
+    "gt": "exclusiveMinimum",
+    "lt": "exclusiveMaximum",
+}
+
+
+def _standard_bounds(node: Any) -> None:
+    """pydantic writes a bound on an Optional validated through a BeforeValidator as `ge`/`le`,
+    which JSON Schema does not know (a tool would ignore the bound): name them as it does."""
+    if isinstance(node, dict):
+        if node.get("type") in ("integer", "number"):
+            for ours, standard in _PYDANTIC_BOUNDS.items():
+                if ours in node:
+                    node[standard] = node.pop(ours)
+        for child in node.values():
+            _standard_bounds(child)
+    elif isinstance(node, list):
+        for child in node:
+            _standard_bounds(child)
+
+
 def apply_rules(
     schema: dict[str, Any], *, max_key_length: int, max_ttl: int, require_ttl: bool
 ) -> None:
     """Write the server's rules into `schema` (FastAPI's generated document), in place."""
+    _standard_bounds(schema)
     components = schema.setdefault("components", {})
     components["securitySchemes"] = {
         "bearer": {
