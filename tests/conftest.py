@@ -27,7 +27,7 @@ from ephemeral_broker.clock import FakeClock
 from ephemeral_broker.main import create_app
 from ephemeral_broker.settings import BrokerSettings
 
-pytest_plugins = ["pytester"]
+pytest_plugins = ["pytester", "tests.redis_helpers"]
 
 BIN_DIR = Path(sys.executable).parent
 BROKER_EXE = str(BIN_DIR / "ephemeral-broker")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -61,7 +62,7 @@ class RedisServer:
             stderr=subprocess.PIPE,
         )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not self.socket.exists():
+        while not self._answers_ping():
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {err}")
@@ -69,6 +70,19 @@ class RedisServer:
                 self.stop()
                 raise RuntimeError("redis-server did not create its socket in time")
             time.sleep(0.01)
+
+    def _answers_ping(self) -> bool:
+        """Ready means answering, not only having created its socket file."""
+        if not self.socket.exists():
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX) as conn:
+                conn.settimeout(1.0)
+                conn.connect(str(self.socket))
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
 
     def stop(self) -> None:
         """End the server by its pid (SIGTERM, then SIGKILL)."""
