@@ -29,7 +29,6 @@ import itertools
 import secrets
 import time
 import zlib
-from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -43,7 +42,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ephemeral_broker.clock import Clock
 from ephemeral_broker.errors import BrokerError, quote_name
 from ephemeral_broker.logs import logger
-from ephemeral_broker.rules import MAX_POOL_SIZE, check_name, check_wait_ms, resolve_ttl
+from ephemeral_broker.rules import (
+    MAX_POOL_SIZE,
+    check_name,
+    check_namespace,
+    check_wait_ms,
+    resolve_ttl,
+)
 from ephemeral_broker.store import redis_scripts as lua
 from ephemeral_broker.store.base import (
     NO_PRECONDITION,
@@ -52,11 +57,13 @@ from ephemeral_broker.store.base import (
     KeyInfo,
     LeaseGrant,
     LeaseInfo,
+    NamespaceConflict,
     PoolLeases,
     Precondition,
     SetResult,
     StoreLimits,
     StoreStats,
+    StoreStatus,
     VersionMatch,
 )
 from ephemeral_broker.store.memory import ENTRY_OVERHEAD_BYTES, _json_type
@@ -85,29 +92,6 @@ _RECONNECT_DELAYS_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0)
 _EPOCH_REFUSAL: Final = "EBEPOCH"
 
 _StoreFault = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-class NamespaceConflict(Exception):
-    """This broker's limits differ from the ones the namespace was created with."""
-
-    def __init__(self, setting: str, ours: object, theirs: object, namespace: str) -> None:
-        super().__init__(
-            f"namespace {namespace!r} in Redis was created with {setting}={theirs!r}, this broker "
-            f"has {setting}={ours!r}; every broker of a namespace must use the same {setting}"
-        )
-        self.setting = setting
-
-
-@dataclass(frozen=True, slots=True)
-class StoreStatus:
-    """What /v1/health, /readyz and /metrics report about the store."""
-
-    kind: str
-    namespace: str | None
-    available: bool
-    reason: str | None
-    resets: int  # times Redis was found to have lost the namespace
-    last_reset_ms: int | None
 
 
 def _precondition_args(precondition: Precondition) -> tuple[str, str]:
@@ -174,6 +158,7 @@ class RedisStore:
                 ("list_pools", lua.LIST_POOLS),
                 ("sweep", lua.SWEEP),
                 ("stats", lua.STATS),
+                ("probe", "return 1"),
             )
         }
         self._init_script = self._redis.register_script(lua.INIT)
@@ -225,6 +210,13 @@ class RedisStore:
             self._resets,
             self._last_reset_ms,
         )
+
+    async def check(self) -> StoreStatus:
+        """One round trip now (readiness): a script that only checks the epoch, so a namespace
+        Redis lost is noticed (and re-created) here too."""
+        with contextlib.suppress(BrokerError):
+            await self._run("probe")
+        return self.status()
 
     def _limits_json(self) -> bytes:
         return orjson.dumps({name: getattr(self.limits, name) for name in SHARED_LIMITS})
@@ -318,6 +310,9 @@ class RedisStore:
         )
 
     async def _recover(self) -> None:
+        if not self._epoch:  # never joined (Redis was down at start): join now, no reset
+            await self._join(recovering=False)
+            return
         self._resets += 1
         self._last_reset_ms = time.time_ns() // 1_000_000
         await self._join(recovering=True)
@@ -811,16 +806,3 @@ def _redacted(url: str) -> str:
         return url
     scheme, _, rest = url.partition("://")
     return f"{scheme}://***@{rest.rpartition('@')[2]}"
-
-
-def check_namespace(namespace: str) -> None:
-    """A namespace is a name (the key rules, 1 to 64 bytes) without braces: it becomes the
-    Redis Cluster hash tag `{namespace}`."""
-    try:
-        check_name(namespace, 64, what="namespace")
-    except BrokerError as exc:
-        raise ValueError(exc.detail) from None
-    if "{" in namespace or "}" in namespace:
-        raise ValueError(
-            f"namespace {namespace!r} contains a brace; it may not contain '{{' or '}}'"
-        )
