@@ -72,6 +72,9 @@ from ephemeral_broker.store.watch import KeyWatchers
 _ZLIB_LEVEL: Final = 1
 # Longer than any TTL a value or lease can have: what keeps an abandoned namespace bounded.
 SAFETY_MARGIN_MS: Final = 3_600_000
+# How long a broker's liveness key lasts; refreshed every third of it while it has queued
+# lease waiters. After a broker dies its waiters are skipped within this time.
+ALIVE_MS: Final = 3000
 # Due entries reclaimed per script run (a sweep loops); bounds how long one script blocks.
 _BATCH: Final = 1000
 # Limits that define a namespace's behaviour: brokers that disagree on one would give
@@ -165,11 +168,12 @@ class RedisStore:
         self._epoch = ""
         self._seen_version = 0
         self._seen_token = 0
-        self._broker_id = secrets.token_hex(6)
+        self._broker_id = secrets.token_hex(6)  # hex: never contains the '.' of waiter ids
         self._waiter_ids = itertools.count(1)
         self._key_watchers = KeyWatchers()
         self._lease_waiters: dict[str, asyncio.Future[None]] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._heart: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due = 0
@@ -188,16 +192,18 @@ class RedisStore:
         subscribe. Raises BrokerError(store_unavailable) when Redis cannot be reached."""
         await self._join(recovering=False)
         self._listener = asyncio.create_task(self._listen(), name="redis-store-subscriber")
+        self._heart = asyncio.create_task(self._keep_alive(), name="redis-store-liveness")
         await self._subscribed.wait()
 
     async def close(self) -> None:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(BaseException):
-                await self._listener
+        for task in (self._listener, self._heart):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         await self._redis.aclose()
         await self._sub_client.aclose()
 
@@ -605,52 +611,47 @@ class RedisStore:
         check_wait_ms(wait_ms, "the lease in pool", pool)
         waiter_id = f"{self._broker_id}.{next(self._waiter_ids)}"
         loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_ms / 1000
         # Registered before the script runs: a hand-over published right after it is not lost.
-        wake = self._lease_waiters[waiter_id] = loop.create_future()
+        self._lease_waiters[waiter_id] = loop.create_future()
         queued = False
         try:
-            reply = await self._run(
-                "acquire",
-                pool,
-                worker_id,
-                ttl,
-                "" if size is None else size,
-                wait_ms,
-                waiter_id,
-            )
-            status = _s(reply[0])
-            if status == "ok":
-                return self._grant(pool, worker_id, reply)
-            if status == "full":
-                raise BrokerError(
-                    "max_leases",
-                    f"cannot grant worker {quote_name(worker_id)} a lease in pool "
-                    f"{quote_name(pool)}: {int(reply[1])} leases are live, the max_leases limit",
+            while True:  # once, unless a value handed over was lost before it was claimed
+                left_ms = max(int((deadline - loop.time()) * 1000), 1) if wait_ms else 0
+                reply = await self._run(
+                    "acquire",
+                    pool,
+                    worker_id,
+                    ttl,
+                    "" if size is None else size,
+                    left_ms,
+                    waiter_id,
+                    self._broker_id,
+                    ALIVE_MS,
                 )
-            assert size is not None  # only a sized pool can be exhausted
-            if status == "exhausted":
-                raise _exhausted(pool, size, wait_ms)
-            queued = True
-            self._queued += 1
-            self._arm_expiry_timer(reply[1], int(reply[2]))
-            deadline = loop.time() + wait_ms / 1000
-            while True:
-                remaining = deadline - loop.time()
-                if remaining > 0:
-                    await asyncio.wait((wake,), timeout=remaining)
-                give_up = remaining <= 0 or not wake.done()
-                if wake.done():
-                    wake = self._lease_waiters[waiter_id] = loop.create_future()
-                reply = await self._run("claim", pool, waiter_id, "1" if give_up else "0")
-                if _s(reply[0]) == "granted":
-                    queued = False
-                    self._queued -= 1
-                    return self._handed(pool, worker_id, reply[1])
-                if give_up:
-                    queued = False
-                    self._queued -= 1
+                status = _s(reply[0])
+                if status == "ok":
+                    return self._grant(pool, worker_id, reply)
+                if status == "full":
+                    raise BrokerError(
+                        "max_leases",
+                        f"cannot grant worker {quote_name(worker_id)} a lease in pool "
+                        f"{quote_name(pool)}: {int(reply[1])} leases are live, the max_leases "
+                        "limit",
+                    )
+                assert size is not None  # only a sized pool can be exhausted
+                if status == "exhausted":
                     raise _exhausted(pool, size, wait_ms)
+                queued = True
+                self._queued += 1
                 self._arm_expiry_timer(reply[1], int(reply[2]))
+                grant = await self._wait_for_hand_over(pool, worker_id, waiter_id, deadline)
+                queued = False
+                self._queued -= 1
+                if grant is not None:
+                    return grant
+                if loop.time() >= deadline:
+                    raise _exhausted(pool, size, wait_ms)
         except BaseException as exc:
             if queued:
                 self._queued -= 1
@@ -658,12 +659,36 @@ class RedisStore:
                     # Cancelled while queued (a client gone, shutdown): leave no waiter behind,
                     # and end a lease handed over that nobody will learn of. Shielded: it must
                     # finish even though this task is being cancelled. (After a store fault the
-                    # queue entry is dropped by the pool once its deadline has long passed.)
+                    # queue entry is dropped by the pool once its broker stops refreshing its
+                    # liveness or its deadline has long passed.)
                     with contextlib.suppress(Exception):
                         await asyncio.shield(self._run("abandon", pool, worker_id, waiter_id))
             raise
         finally:
             self._lease_waiters.pop(waiter_id, None)
+
+    async def _wait_for_hand_over(
+        self, pool: str, worker_id: str, waiter_id: str, deadline: float
+    ) -> LeaseGrant | None:
+        """Wait, queued, until a value is handed over (the grant) or the deadline passes
+        (None, having left the queue); also None when a value handed over was lost before the
+        claim (the caller asks again)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            wake = self._lease_waiters[waiter_id]
+            remaining = deadline - loop.time()
+            if remaining > 0:
+                await asyncio.wait((wake,), timeout=remaining)
+            give_up = not wake.done()
+            if wake.done():
+                self._lease_waiters[waiter_id] = loop.create_future()
+            reply = await self._run("claim", pool, worker_id, waiter_id, "1" if give_up else "0")
+            status = _s(reply[0])
+            if status == "granted":
+                return self._handed(pool, worker_id, reply[1])
+            if status == "lost" or give_up:
+                return None
+            self._arm_expiry_timer(reply[1], int(reply[2]))
 
     def _arm_expiry_timer(self, earliest: bytes | str, script_now: int) -> None:
         """While this broker has lease waiters, reclaim at the earliest lease expiry (timed
@@ -688,7 +713,7 @@ class RedisStore:
 
     async def _reclaim_for_waiters(self) -> None:
         try:
-            reply = await self._run("sweep")
+            reply = await self._run("sweep", *self._liveness())
         except Exception as exc:  # Redis down: the sweeper and the waiters' deadlines go on
             logger.debug("reclaiming for lease waiters failed: %s", exc)
             return
@@ -767,12 +792,24 @@ class RedisStore:
             expired_leases_total=counts.get("lexpired", 0),
         )
 
+    def _liveness(self) -> tuple[str, str]:
+        return self._broker_id, str(ALIVE_MS) if self._queued else ""
+
+    async def _keep_alive(self) -> None:
+        """While this broker has queued lease waiters, keep its liveness key (a dead broker's
+        waiters are skipped when values are handed out)."""
+        while True:
+            await asyncio.sleep(ALIVE_MS / 3000)
+            if self._queued:
+                with contextlib.suppress(BrokerError):
+                    await self._run("sweep", *self._liveness())
+
     async def sweep(self) -> int:
         """Reclaim what is due (in batches) and refresh the namespace's safety TTLs. Also how
         a broker notices, while idle, that Redis came back or lost the namespace."""
         total = 0
         while True:
-            reply = await self._run("sweep")
+            reply = await self._run("sweep", *self._liveness())
             done = int(reply[0]) + int(reply[1])
             total += done
             if int(reply[0]) < _BATCH and int(reply[1]) < _BATCH:

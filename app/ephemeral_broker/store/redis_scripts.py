@@ -66,6 +66,15 @@ local QSEQ, CH = P .. 'qseq', P .. 'ev'
 -- A waiter's broker gives up at its deadline; one that is still queued this long after it
 -- belongs to a broker that died, and is dropped instead of being handed a value.
 local GRACE = 5000
+local CLAIM_MS = 3000
+
+-- Waiter ids are BROKER.N; a broker with queued waiters keeps P..'b:'..BROKER alive (a
+-- short TTL it refreshes). A waiter whose broker key is gone belongs to a broker that died
+-- (SIGKILL, a lost host): it is never handed a value.
+local function broker_alive(id)
+  local owner = string.match(id, '^([^.]+)%.')
+  return owner ~= nil and redis.call('EXISTS', P .. 'b:' .. owner) == 1
+end
 
 local function s(n) return string.format('%d', n) end
 
@@ -232,7 +241,7 @@ local function serve(pool)
         redis.call('ZREM', q, id)
       else
         local wworker, wsize, wttl, wdeadline = string.match(w, '^(%S+) (%d+) (%d+) (%d+)$')
-        if tonumber(wdeadline) + GRACE < rnow then
+        if tonumber(wdeadline) + GRACE < rnow or not broker_alive(id) then
           redis.call('ZREM', q, id)
           redis.call('HDEL', WT, id)
         elseif lowest < tonumber(wsize) then
@@ -249,10 +258,13 @@ local function serve(pool)
     if l then
       extend(pool, worker, l, ttl)
     else
-      l = grant(pool, worker, ttl)
+      -- Held only for CLAIM_MS until the waiter's broker claims it (within milliseconds,
+      -- woken by the message below); a broker that died meanwhile never does, and the value
+      -- goes on to the next waiter instead of staying held for the lease's whole TTL.
+      l = grant(pool, worker, math.min(ttl, CLAIM_MS))
       created = 1
     end
-    redis.call('HSET', GR, chosen, fmt(l) .. ' ' .. created)
+    redis.call('HSET', GR, chosen, fmt(l) .. ' ' .. created .. ' ' .. s(ttl))
     redis.call('PEXPIRE', GR, SAFETY)
     redis.call('PUBLISH', CH, 'w' .. chosen)
   end
@@ -448,7 +460,7 @@ return {'ok', cur.v, exp}
 
 ACQUIRE: Final = r"""
 local pool, worker, ttl, size = ARGV[8], ARGV[9], tonumber(ARGV[10]), ARGV[11]
-local wait_ms, wid = tonumber(ARGV[12]), ARGV[13]
+local wait_ms, wid, owner, alive_ms = tonumber(ARGV[12]), ARGV[13], ARGV[14], ARGV[15]
 expire_leases(BATCH)
 local l = live_lease(pool, worker)
 if l then
@@ -457,6 +469,7 @@ if l then
 end
 if size ~= '' and lowest_free(pool) >= tonumber(size) then
   if wait_ms == 0 then return {'exhausted'} end
+  redis.call('SET', P .. 'b:' .. owner, 1, 'PX', alive_ms)
   local seq = redis.call('INCR', QSEQ)
   redis.call('ZADD', pq(pool), seq, wid)
   local deadline = s(realnow() + wait_ms)
@@ -473,13 +486,19 @@ return reply(grant(pool, worker, ttl), 1)
 """
 
 # A waiter looks for the value handed to it (after a wake-up or at its deadline); with
-# ARGV[10] = '1' a waiter that found nothing also leaves the queue (it gives up).
+# ARGV[11] = '1' a waiter that found nothing also leaves the queue (it gives up). A value
+# handed over is held for CLAIM_MS only; claiming it starts the lease's real TTL. 'lost' when
+# the claim came too late (the value expired and moved on): the caller asks again.
 CLAIM: Final = r"""
-local pool, wid, leave = ARGV[8], ARGV[9], ARGV[10]
+local pool, worker, wid, leave = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local g = redis.call('HGET', GR, wid)
 if g then
   redis.call('HDEL', GR, wid)
-  return {'granted', g}
+  local v, t, e, l, created, ttl = string.match(g, '^(%d+) (%d+) (%d+) (%d+) (%d) (%d+)$')
+  local h = held(pool, worker)
+  if not h or h.token ~= t or h.exp <= NOW then return {'lost'} end
+  if created == '1' then extend(pool, worker, h, tonumber(ttl)) end
+  return {'granted', fmt(h) .. ' ' .. created}
 end
 if leave == '1' then
   redis.call('ZREM', pq(pool), wid)
@@ -496,7 +515,7 @@ local pool, worker, wid = ARGV[8], ARGV[9], ARGV[10]
 local g = redis.call('HGET', GR, wid)
 if g then
   redis.call('HDEL', GR, wid)
-  local v, t, e, l, created = string.match(g, '^(%d+) (%d+) (%d+) (%d+) (%d)$')
+  local v, t, e, l, created = string.match(g, '^(%d+) (%d+) (%d+) (%d+) (%d) %d+$')
   local h = held(pool, worker)
   if created == '1' and h and h.token == t then end_lease(pool, worker, h) end
   return 1
@@ -566,7 +585,10 @@ end
 return out
 """
 
+# ARGV[8], ARGV[9]: this broker's id and, when it has queued lease waiters, how long its
+# liveness key lasts ('' otherwise).
 SWEEP: Final = r"""
+if ARGV[9] ~= '' then redis.call('SET', P .. 'b:' .. ARGV[8], 1, 'PX', ARGV[9]) end
 local n = expire_items(BATCH)
 local m = expire_leases(BATCH)
 for _, k in ipairs({P .. 'meta', VER, TOK, ST, IDX, EXP, LEXP, LT, POOLS, WT, GR, QSEQ}) do
