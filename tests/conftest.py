@@ -27,7 +27,7 @@ from ephemeral_broker.clock import FakeClock
 from ephemeral_broker.main import create_app
 from ephemeral_broker.settings import BrokerSettings
 
-pytest_plugins = ["pytester", "tests.redis_helpers"]
+pytest_plugins = ["pytester"]
 
 BIN_DIR = Path(sys.executable).parent
 BROKER_EXE = str(BIN_DIR / "ephemeral-broker")
@@ -45,6 +45,23 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("BROKER_") or name in ("EPHEMERAL_PIPE", "EPHEMERAL_SECRET"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """The test worker's redis-server (tests/redis_helpers.py; imported only when used, since
+    some tests copy this conftest into a directory where `tests` is not importable)."""
+    from tests.redis_helpers import run_redis_server
+
+    yield from run_redis_server()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    """The URL of the worker's redis-server, started again if a test stopped it."""
+    from tests.redis_helpers import ensure_running
+
+    return ensure_running(redis_server)
 
 
 @pytest.fixture

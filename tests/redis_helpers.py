@@ -103,8 +103,8 @@ class RedisServer:
         self.start()
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
+def run_redis_server() -> Iterator[RedisServer]:
+    """The body of the session fixture `redis_server` (tests/conftest.py)."""
     exe = redis_server_path()
     if exe is None:
         message = (
@@ -124,8 +124,7 @@ def redis_server() -> Iterator[RedisServer]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
+def ensure_running(redis_server: RedisServer) -> str:
     """The URL of the worker's redis-server, started again if a test stopped it."""
     if redis_server.proc is None or redis_server.proc.poll() is not None:
         redis_server.start()

@@ -305,7 +305,12 @@ class RedisStore:
                     # Refused before it changed anything, so running it again is safe.
                     await self._recover()
                     continue
-                raise
+                # Redis refused it (LOADING after a restart, OOM under maxmemory, READONLY on
+                # a replica, BUSY): an answer the broker cannot give, never a wrong one.
+                logger.error("Redis refused the %s script: %s", name, exc)
+                raise BrokerError(
+                    "store_unavailable", f"the shared store (Redis) refused the operation: {exc}"
+                ) from exc
             except _StoreFault as exc:
                 raise self._unavailable(exc) from exc
             self._available = True
