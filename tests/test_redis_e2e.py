@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 
 from ephemeral_broker_client import BrokerClient
 from tests.conftest import BROKER_EXE, BrokerFactory, BrokerProcess, assert_problem
-from tests.redis_helpers import RedisServer, fresh_namespace, redis_server_path
+from tests.redis_helpers import RedisServer, fresh_namespace
 
 
 @pytest.fixture
@@ -269,6 +270,47 @@ def test_bad_store_and_namespace_settings_are_refused(short_tmp: Path) -> None:
         assert result.returncode == 2 and words in result.stderr, result.stderr
 
 
-def test_skip_message_names_redis_server() -> None:
-    # The helper that decides skip-or-fail reads the same lookup the fixture uses.
-    assert redis_server_path() is not None or os.environ.get("CI") != "true"
+def test_without_redis_server_the_tests_skip_naming_it_but_fail_under_ci(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = Path(__file__).resolve().parent.parent
+    pytester.makeconftest(
+        "import pytest\n"
+        "from tests.redis_helpers import run_redis_server\n"
+        "redis_server = pytest.fixture(scope='session')(run_redis_server)\n"
+    )
+    pytester.makepyfile("def test_needs_redis(redis_server):\n    pass\n")
+    monkeypatch.setenv("PYTHONPATH", str(root))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("REDIS_SERVER", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    skipped = pytester.runpytest_subprocess("-rs", "-p", "no:ephemeral_broker")
+    skipped.assert_outcomes(skipped=1)
+    skipped.stdout.fnmatch_lines(["*redis-server not found on PATH*"])
+    monkeypatch.setenv("CI", "true")
+    failed = pytester.runpytest_subprocess("-p", "no:ephemeral_broker")
+    failed.assert_outcomes(errors=1)
+    failed.stdout.fnmatch_lines(["*CI=true: a missing Redis fails the run*"])
+
+
+def test_run_with_a_redis_store_leaves_the_namespace_to_the_other_brokers(
+    start_broker: BrokerFactory, redis_url: str
+) -> None:
+    namespace = fresh_namespace()
+    (other,) = (start_broker("--store", redis_url, "--namespace", namespace),)
+    script = (
+        "from ephemeral_broker_client import BrokerClient\n"
+        "with BrokerClient() as broker:\n"
+        "    broker.set('made-by-run', 'kept', ttl_ms=60_000)\n"
+        "    broker.lease('pool', 'run-worker', ttl_ms=60_000)\n"
+    )
+    result = subprocess.run(
+        [BROKER_EXE, "run", "--store", redis_url, "--namespace", namespace, "--",
+         sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with other.client() as client:
+        assert client.get("/v1/keys/made-by-run").json()["value"] == "kept"
+        leases = client.get("/v1/leases/pool").json()["leases"]
+        assert [lease["worker_id"] for lease in leases] == ["run-worker"]
