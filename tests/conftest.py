@@ -226,6 +226,17 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
     return problem
 
 
+def split_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """A raw HTTP/1.1 response: status, headers (names lower-cased), and what follows them."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), headers, body
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
     """Poll a condition that a real process makes true; fails with `what` after `timeout`."""
     deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from ephemeral_broker.http_protocol import MAX_HEAD_BYTES
-from tests.conftest import BrokerFactory, BrokerProcess, uds_client, wait_until
+from tests.conftest import BrokerFactory, BrokerProcess, split_response, uds_client, wait_until
 
 
 def raw(broker: BrokerProcess) -> socket.socket:
@@ -26,22 +26,17 @@ def raw(broker: BrokerProcess) -> socket.socket:
 
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One response: the head, then Content-Length bytes of body."""
+    """One response from a raw connection: the head, then Content-Length bytes of body."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
         if not chunk:
             raise AssertionError(f"connection closed before a response: {data!r}")
         data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+    status, headers, body = split_response(data)
     while len(body) < int(headers.get("content-length", "0")):
         body += sock.recv(65536)
-    return int(lines[0].split()[1]), headers, body
+    return status, headers, body
 
 
 def assert_closed(sock: socket.socket) -> None:

@@ -24,7 +24,7 @@ from ephemeral_broker.logs import logger as broker_logger
 from ephemeral_broker.main import create_app
 from ephemeral_broker.server import SIGNALS, run_in_new_loop, serve
 from ephemeral_broker.settings import BrokerSettings
-from tests.conftest import BrokerFactory, BrokerProcess, wait_until
+from tests.conftest import BrokerFactory, BrokerProcess, split_response, wait_until
 
 # ---- helpers -------------------------------------------------------------------------------
 
@@ -125,13 +125,7 @@ class SlowUpload:
         while chunk := self.sock.recv(65536):
             data += chunk
         self.stopped.set()
-        head, _, body = data.partition(b"\r\n\r\n")
-        lines = head.decode().split("\r\n")
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return int(lines[0].split()[1]), headers, body
+        return split_response(data)
 
     def close(self) -> None:
         self.stopped.set()

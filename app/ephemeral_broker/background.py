@@ -34,6 +34,7 @@ from typing import Any, Final
 
 from ephemeral_broker.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, PROG
 from ephemeral_broker.cli_settings import add_settings_arguments, settings_from_args
+from ephemeral_broker.runner import SECRET_BYTES
 from ephemeral_broker.settings import BrokerSettings, flag_name
 from ephemeral_broker.unix_socket import DEFAULT_SOCKET_DIR_PREFIX, socket_answers
 
@@ -48,7 +49,6 @@ _FORCED_EXIT_WAIT_S: Final = 3.0
 _POLL_S: Final = 0.02
 # The hidden `serve` flag that makes a started broker let go of start's pipes once ready.
 DETACH_FLAG: Final = "--detach-log"
-_SECRET_BYTES: Final = 32
 
 
 def add_background_commands(commands: Any) -> None:
@@ -121,7 +121,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     secret = None
     if args.auth:
-        secret = secrets.token_hex(_SECRET_BYTES)
+        secret = secrets.token_hex(SECRET_BYTES)
         env["BROKER_SECRET"] = secret  # the environment, never argv: nothing secret in ps
     log_target = os.devnull
     log_offset = 0

@@ -86,12 +86,15 @@ class BrokerError(Exception):
         *,
         errors: Sequence[Mapping[str, Any]] | None = None,
         headers: Mapping[str, str] | None = None,
+        more_errors: int = 0,
     ) -> None:
         super().__init__(detail)
         self.code: ErrorCode = code
         self.status, self.title = ERRORS[code]
         self.detail = detail
         self.errors = list(errors) if errors is not None else None
+        # How many failures `errors` leaves out (it holds a bounded number).
+        self.more_errors = more_errors
         self.headers = dict(headers) if headers is not None else {}
         if self.status == 503:
             self.headers.setdefault("Retry-After", RETRY_AFTER_SECONDS)
@@ -102,6 +105,7 @@ def problem_body(
     detail: str,
     request_id: str,
     errors: Sequence[Mapping[str, Any]] | None = None,
+    more_errors: int = 0,
 ) -> bytes:
     status, title = ERRORS[code]
     body: dict[str, Any] = {
@@ -114,6 +118,8 @@ def problem_body(
     }
     if errors is not None:
         body["errors"] = list(errors)
+        if more_errors:
+            body["more_errors"] = more_errors
     # default=str: an error entry may carry a non-JSON object (a pydantic ctx); never fail here.
     return orjson.dumps(body, default=str)
 

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ephemeral_broker import __version__
 from ephemeral_broker.api import keys, leases, system
-from ephemeral_broker.api.body import error_entries, error_sentence
+from ephemeral_broker.api.body import request_validation_failure
 from ephemeral_broker.auth import AuthMiddleware
 from ephemeral_broker.capacity import CapacityWatch
 from ephemeral_broker.clock import Clock, SystemClock
@@ -60,7 +60,7 @@ _BODY_MODELS = (
 def problem_response(request: Request, error: BrokerError) -> Response:
     request.state.error_code = error.code
     rid = getattr(request.state, "request_id", "-")
-    body = problem_body(error.code, error.detail, rid, error.errors)
+    body = problem_body(error.code, error.detail, rid, error.errors, error.more_errors)
     return Response(body, error.status, error.headers, media_type=PROBLEM_CONTENT_TYPE)
 
 
@@ -72,13 +72,7 @@ async def _on_broker_error(request: Request, exc: Exception) -> Response:
 async def _on_request_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     # Query, header and path parameters (bodies are validated in app/ephemeral_broker/api/body.py).
-    entries = error_entries(exc.errors())
-    return problem_response(
-        request,
-        BrokerError(
-            "validation_error", f"invalid request: {error_sentence(entries)}", errors=entries
-        ),
-    )
+    return problem_response(request, request_validation_failure(exc.errors()))
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:

@@ -48,7 +48,9 @@ async def send_problem(scope: Scope, send: Send, error: BrokerError) -> None:
     """Answer with a problem+json body from middleware, before or instead of the app."""
     state = scope.setdefault("state", {})
     state["error_code"] = error.code
-    body = problem_body(error.code, error.detail, request_id_of(scope), error.errors)
+    body = problem_body(
+        error.code, error.detail, request_id_of(scope), error.errors, error.more_errors
+    )
     headers = [
         (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
         (b"content-length", str(len(body)).encode()),
