@@ -572,6 +572,24 @@ async def test_same_worker_waiting_twice_gets_one_lease(store: AnyStore) -> None
     assert len((await store.list_pool("p")).leases) == 1
 
 
+async def test_release_all_can_hand_a_value_back_to_the_same_worker(store: AnyStore) -> None:
+    await store.acquire_lease("p", "holder", 1000, 1)
+    first = asyncio.create_task(store.acquire_lease("p", "w", 1000, 1, 5000))
+    await until(lambda: lease_waiters(store) == 1, "the first wait")
+    second = asyncio.create_task(store.acquire_lease("p", "w", 1000, 1, 5000))
+    await until(lambda: lease_waiters(store) == 2, "the second wait")
+    await store.release_lease("p", "holder")
+    granted = await asyncio.wait_for(first, 5)
+    assert granted.created and not second.done()
+    # Ending w's lease hands the value straight to w's own second request: a new lease.
+    assert await store.release_worker("w") == 1
+    again = await asyncio.wait_for(second, 5)
+    assert again.created and again.token > granted.token
+    # ...which the worker's index still knows.
+    assert await store.release_worker("w") == 1
+    assert (await store.list_pool("p")).leases == []
+
+
 async def test_cancelled_waiter_leaves_nothing_behind(store: AnyStore) -> None:
     await store.acquire_lease("p", "holder", 1000, 1)
     waiter = asyncio.create_task(store.acquire_lease("p", "w", 1000, 1, 5000))

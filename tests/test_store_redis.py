@@ -3,6 +3,7 @@ by Redis, and no keyspace scans. The Store protocol itself is in test_store_conf
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -126,5 +127,25 @@ async def test_an_unreachable_redis_is_store_unavailable() -> None:
         status = store.status()
         assert not status.available and status.reason is not None
         assert "/nonexistent/redis.sock" in status.reason
+    finally:
+        await store.close()
+
+
+async def test_a_lost_namespace_is_one_reset_and_reuses_no_version_or_token(
+    redis_url: str, raw: aioredis.Redis, clock: FakeClock
+) -> None:
+    namespace = fresh_namespace()
+    store = await started(redis_url, namespace, clock)
+    try:
+        version = (await store.set("k", enc(1), 1000)).meta.version
+        token = (await store.acquire_lease("p", "w", 1000)).token
+        # Redis loses the namespace (as after a restart without persistence).
+        names = [name async for name in raw.scan_iter(match=f"eb:{{{namespace}}}:*")]
+        await raw.delete(*names)
+        results = await asyncio.gather(*(store.set(f"n{i}", enc(i), 1000) for i in range(10)))
+        assert min(result.meta.version for result in results) > version
+        assert store.status().resets == 1  # ten refusals, one loss, one recovery
+        assert (await store.acquire_lease("p", "w2", 1000)).token > token
+        assert await store.get("k") is None
     finally:
         await store.close()

@@ -166,6 +166,7 @@ class RedisStore:
         }
         self._init_script = self._redis.register_script(lua.INIT)
         self._epoch = ""
+        self._recovering = asyncio.Lock()
         self._seen_version = 0
         self._seen_token = 0
         self._broker_id = secrets.token_hex(6)  # hex: never contains the '.' of waiter ids
@@ -286,12 +287,13 @@ class RedisStore:
         script = self._scripts[name]
         for attempt in range(2):
             now = "" if self._clock is None else str(self._clock.now_ms())
+            epoch = self._epoch
             try:
                 reply = await script(
                     keys=[self._meta],
                     args=[
                         self._prefix,
-                        self._epoch,
+                        epoch,
                         now,
                         self._safety,
                         self.limits.max_items,
@@ -303,7 +305,7 @@ class RedisStore:
             except ResponseError as exc:
                 if str(exc).startswith(_EPOCH_REFUSAL) and attempt == 0:
                     # Refused before it changed anything, so running it again is safe.
-                    await self._recover()
+                    await self._recover(epoch)
                     continue
                 # Redis refused it (LOADING after a restart, OOM under maxmemory, READONLY on
                 # a replica, BUSY): an answer the broker cannot give, never a wrong one.
@@ -320,13 +322,18 @@ class RedisStore:
             "store_unavailable", f"namespace {self.namespace!r} keeps being reset in Redis"
         )
 
-    async def _recover(self) -> None:
-        if not self._epoch:  # never joined (Redis was down at start): join now, no reset
-            await self._join(recovering=False)
-            return
-        self._resets += 1
-        self._last_reset_ms = time.time_ns() // 1_000_000
-        await self._join(recovering=True)
+    async def _recover(self, refused_epoch: str) -> None:
+        # One recovery per loss however many requests were refused at once: the others find
+        # the epoch already moved on and just run again.
+        async with self._recovering:
+            if self._epoch != refused_epoch:
+                return
+            if not self._epoch:  # never joined (Redis was down at start): join now, no reset
+                await self._join(recovering=False)
+                return
+            self._resets += 1
+            self._last_reset_ms = time.time_ns() // 1_000_000
+            await self._join(recovering=True)
 
     def _saw_version(self, version: int) -> None:
         self._seen_version = max(self._seen_version, version)

@@ -561,7 +561,8 @@ for i = 1, #all, 2 do
     n = n + 1
   end
 end
-redis.call('DEL', wk(worker))
+-- No DEL of the worker's index: a value freed here may have been handed straight back to
+-- this worker's own queued request (in the same pool), a lease it now holds.
 return n
 """
 
