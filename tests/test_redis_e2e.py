@@ -256,6 +256,16 @@ def test_a_broker_that_cannot_reach_redis_refuses_to_start(short_tmp: Path) -> N
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "cannot use store unix://" in result.stderr
+    # A password in the URL is never shown (nothing listens on loopback port 1).
+    secret = subprocess.run(
+        [
+            BROKER_EXE, "serve", "--socket", str(short_tmp / "b.sock"),
+            "--store", "redis://user:hunter2@127.0.0.1:1/0",
+        ],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert secret.returncode == 2, secret.stderr
+    assert "redis://***@127.0.0.1:1/0" in secret.stderr and "hunter2" not in secret.stderr
 
 
 def test_bad_store_and_namespace_settings_are_refused(short_tmp: Path) -> None:

@@ -106,3 +106,11 @@ def check_namespace(namespace: str) -> None:
         raise ValueError(
             f"namespace {namespace!r} contains a brace; it may not contain '{{' or '}}'"
         )
+
+
+def redact_url(url: str) -> str:
+    """A store URL as logs, errors and health output show it: without its password."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"

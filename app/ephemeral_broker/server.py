@@ -38,6 +38,7 @@ from ephemeral_broker.metrics_listener import (
     bind_metrics_socket,
     describe_bind_error,
 )
+from ephemeral_broker.rules import redact_url
 from ephemeral_broker.runtime import Runtime
 from ephemeral_broker.settings import (
     BrokerSettings,
@@ -438,6 +439,9 @@ async def serve(
             "version": runtime.version,
             "auth": "on" if settings.auth_enabled else "off",
         }
+        if settings.store != "memory":
+            fields["store"] = redact_url(settings.store)
+            fields["namespace"] = settings.namespace
         if metrics_listener is not None:
             fields["metrics"] = str(metrics_listener.address)
         logger.info("broker ready", extra={"fields": fields})
@@ -494,7 +498,7 @@ async def _open_shared_store(settings: BrokerSettings, store: Store) -> None:
         raise StartupError(f"{exc} (--{exc.setting.replace('_', '-')})") from None
     except BrokerError as exc:
         await close_store(store)
-        raise StartupError(f"cannot use store {settings.store}: {exc.detail}") from None
+        raise StartupError(f"cannot use store {redact_url(settings.store)}: {exc.detail}") from None
 
 
 def _metrics_listener(settings: BrokerSettings, app: Any) -> MetricsListener | None:

@@ -47,6 +47,7 @@ from ephemeral_broker.rules import (
     check_name,
     check_namespace,
     check_wait_ms,
+    redact_url,
     resolve_ttl,
 )
 from ephemeral_broker.store import redis_scripts as lua
@@ -270,7 +271,7 @@ class RedisStore:
     # ---- running scripts ---------------------------------------------------------------
 
     def _unavailable(self, exc: BaseException) -> BrokerError:
-        reason = f"Redis at {_redacted(self.url)} is unreachable or timed out: {exc}"
+        reason = f"Redis at {redact_url(self.url)} is unreachable or timed out: {exc}"
         self._available = False
         self._reason = reason
         return BrokerError(
@@ -366,7 +367,7 @@ class RedisStore:
             except Exception as exc:  # connection lost, refused, timed out
                 self._subscribed.set()  # start() must not hang on a Redis that went away
                 self._available = False
-                self._reason = f"Redis at {_redacted(self.url)}: subscription lost: {exc}"
+                self._reason = f"Redis at {redact_url(self.url)}: subscription lost: {exc}"
                 await asyncio.sleep(next(delays))
             finally:
                 with contextlib.suppress(Exception):
@@ -847,11 +848,3 @@ def _exhausted(pool: str, size: int, wait_ms: int) -> BrokerError:
 
 def _key_bytes(key: str) -> int:
     return len(key) if key.isascii() else len(key.encode("utf-8"))
-
-
-def _redacted(url: str) -> str:
-    """The URL without a password, for logs and health output."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
