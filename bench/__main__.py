@@ -1,7 +1,9 @@
-"""`python -m bench [--quick] [--json FILE]`: the broker's costs, in one run on this machine.
+"""`python -m bench [--quick] [--only SECTION ...] [--json FILE]`: the broker's costs, in one
+run on this machine.
 
 Order of the printed table: CPU per operation first (stable on a noisy machine), then latency
-and throughput, the raw-ASGI baseline ratio, growth, and memory.
+and throughput, the raw-ASGI baseline ratio, the server CPU per request against its floor,
+growth, and memory. `--only` runs the named sections alone (the table then shows those).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from bench import http_bench, leases, memory_bench, store_bench
+from bench import floor, http_bench, leases, memory_bench, store_bench
 from bench.harness import Progress, start_baseline, start_broker
 from ephemeral_broker import __version__
 
@@ -36,12 +38,15 @@ class Sizes:
     memory_keys: int
     lease_holders: int
     lease_samples: int
+    floor_requests: int
+    floor_rounds: int
 
 
 FULL = Sizes(
     sequential_ops=5000, concurrent_ops=20_000, growth_small=1_000, growth_large=100_000,
     growth_ops=3000, store_small=1_000, store_large=1_000_000, store_ops=20_000,
     sweep_keys=1_000_000, memory_keys=100_000, lease_holders=100_000, lease_samples=5001,
+    floor_requests=200, floor_rounds=51,
 )  # fmt: skip
 # Checks that every measurement runs, in under a minute on an idle 2-CPU machine; its figures
 # are too small to quote.
@@ -49,6 +54,7 @@ QUICK = Sizes(
     sequential_ops=150, concurrent_ops=400, growth_small=1_000, growth_large=3_000,
     growth_ops=200, store_small=1_000, store_large=50_000, store_ops=5_000,
     sweep_keys=50_000, memory_keys=500, lease_holders=10_000, lease_samples=1001,
+    floor_requests=100, floor_rounds=5,
 )  # fmt: skip
 CONCURRENCY = (1, 4, 16)
 
@@ -58,6 +64,7 @@ REQUIRED: dict[str, Any] = {
     "sequential": ["sync", "async"],
     "concurrency": list(http_bench.OPERATIONS),
     "baseline": ["bare_get", "broker_get_hit", "cpu_ratio", "p50_ratio"],
+    "floor": ["requests_per_round", "rounds", *floor.OPERATIONS],
     "growth_http": ["small_keys", "large_keys", "small", "large", "set_cpu_ratio", "get_cpu_ratio"],
     "growth_store": ["small_keys", "large_keys", "small", "large", "set_ratio", "get_ratio"],
     "sweep": ["keys", "due", "sweep_ms", "per_expired_us", "nothing_due_us"],
@@ -65,23 +72,39 @@ REQUIRED: dict[str, Any] = {
     "memory": list(memory_bench.SCENARIOS),
 }
 OP_FIELDS = ["broker_cpu_us", "client_cpu_us", "ops_per_s", "p50_us", "p95_us", "p99_us"]
+FLOOR_FIELDS = ["broker_cpu_us", "floor_cpu_us", "ratio"]
+SECTIONS = tuple(section for section in REQUIRED if section != "meta")
 
 
-def missing_fields(results: dict[str, Any]) -> list[str]:
-    """Paths of REQUIRED fields absent from `results` (empty when complete)."""
+def missing_fields(results: dict[str, Any], sections: tuple[str, ...] = SECTIONS) -> list[str]:
+    """Paths of REQUIRED fields of `sections` (and meta) absent from `results`."""
     missing = [f"{section}.{key}" for section, keys in REQUIRED.items() for key in keys
-               if key not in results.get(section, {})]  # fmt: skip
-    for mode in ("sync", "async"):
-        for op in http_bench.OPERATIONS:
-            row = results.get("sequential", {}).get(mode, {}).get(op, {})
-            missing += [f"sequential.{mode}.{op}.{f}" for f in OP_FIELDS if f not in row]
+               if section in ("meta", *sections)
+               and key not in results.get(section, {})]  # fmt: skip
+    if "sequential" in sections:
+        for mode in ("sync", "async"):
+            for op in http_bench.OPERATIONS:
+                row = results.get("sequential", {}).get(mode, {}).get(op, {})
+                missing += [f"sequential.{mode}.{op}.{f}" for f in OP_FIELDS if f not in row]
+    if "floor" in sections:
+        for op in floor.OPERATIONS:
+            row = results.get("floor", {}).get(op, {})
+            missing += [f"floor.{op}.{f}" for f in FLOOR_FIELDS if f not in row]
     return missing
 
 
-def run(sizes: Sizes, quick: bool) -> dict[str, Any]:
-    ops = http_bench.OPERATIONS
-    steps = 2 * len(ops) + len(ops) * len(CONCURRENCY) + 2 + 2 + 2 + 2 + len(memory_bench.SCENARIOS)
-    progress = Progress(steps)
+def _steps(sizes: Sizes, section: str) -> int:
+    """Progress steps a section takes."""
+    ops = len(http_bench.OPERATIONS)
+    return {
+        "sequential": 2 * ops, "concurrency": ops * len(CONCURRENCY), "baseline": 2,
+        "floor": 1, "growth_http": 2, "growth_store": 2, "sweep": 1, "leases": 1,
+        "memory": len(memory_bench.SCENARIOS),
+    }[section]  # fmt: skip
+
+
+def run(sizes: Sizes, quick: bool, sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+    progress = Progress(sum(_steps(sizes, section) for section in sections))
     results: dict[str, Any] = {
         "meta": {
             "version": __version__,
@@ -92,29 +115,67 @@ def run(sizes: Sizes, quick: bool) -> dict[str, Any]:
             "quick": quick,
             "command": " ".join(["python -m bench", *sys.argv[1:]]),
         },
-        "sequential": {"sync": {}, "async": {}},
-        "concurrency": {},
     }
+    if "sequential" in sections or "concurrency" in sections:
+        _http(sizes, sections, results, progress)
+    if "baseline" in sections:
+        results["baseline"] = _baseline(sizes, progress)
+    if "floor" in sections:
+        progress.step("server CPU per request against the floor")
+        results["floor"] = floor.measure(sizes.floor_requests, sizes.floor_rounds)
+    if "growth_http" in sections:
+        results["growth_http"] = _growth_http(sizes, progress)
+    if "growth_store" in sections:
+        results["growth_store"] = _growth_store(sizes, progress)
+    if "sweep" in sections:
+        progress.step(f"sweep of {sizes.sweep_keys} keys, 1 % due")
+        results["sweep"] = store_bench.sweep_cost(sizes.sweep_keys)
+    if "leases" in sections:
+        progress.step(f"lease grant with {leases.SMALL_POOL} and {sizes.lease_holders} holders")
+        grants = leases.compare(leases.SMALL_POOL, sizes.lease_holders, sizes.lease_samples)
+        results["leases"] = {
+            "small_holders": grants.small.holders,
+            "large_holders": grants.large.holders,
+            "small_grant_us": round(grants.small.grant_ns / 1000, 3),
+            "large_grant_us": round(grants.large.grant_ns / 1000, 3),
+            "ratio": round(grants.ratio, 2),
+        }
+    if "memory" in sections:
+        results["memory"] = _memory(sizes, progress)
+    progress.finish()
+    return results
+
+
+def _http(
+    sizes: Sizes, sections: tuple[str, ...], results: dict[str, Any], progress: Progress
+) -> None:
+    ops = http_bench.OPERATIONS
     # One broker for all of these: starting one costs about a second of imports.
     with start_broker("--max-items", "0") as broker:
-        for op in ops:
-            progress.step(f"sequential sync {op}")
-            results["sequential"]["sync"][op] = http_bench.measure_sync(
-                broker, op, sizes.sequential_ops
-            )
-        for op in ops:
-            progress.step(f"sequential async {op}")
-            results["sequential"]["async"][op] = http_bench.measure_async(
-                broker, op, sizes.sequential_ops
-            )
-        for op in ops:
-            results["concurrency"][op] = {}
-            for processes in CONCURRENCY:
-                progress.step(f"{processes} client processes, {op}")
-                results["concurrency"][op][str(processes)] = http_bench.measure_concurrent(
-                    broker, op, processes, sizes.concurrent_ops
+        if "sequential" in sections:
+            results["sequential"] = {"sync": {}, "async": {}}
+            for op in ops:
+                progress.step(f"sequential sync {op}")
+                results["sequential"]["sync"][op] = http_bench.measure_sync(
+                    broker, op, sizes.sequential_ops
                 )
+            for op in ops:
+                progress.step(f"sequential async {op}")
+                results["sequential"]["async"][op] = http_bench.measure_async(
+                    broker, op, sizes.sequential_ops
+                )
+        if "concurrency" in sections:
+            results["concurrency"] = {}
+            for op in ops:
+                results["concurrency"][op] = {}
+                for processes in CONCURRENCY:
+                    progress.step(f"{processes} client processes, {op}")
+                    results["concurrency"][op][str(processes)] = http_bench.measure_concurrent(
+                        broker, op, processes, sizes.concurrent_ops
+                    )
 
+
+def _baseline(sizes: Sizes, progress: Progress) -> dict[str, Any]:
     progress.step("raw-ASGI baseline")
     with start_baseline() as bare:
         bare_get = http_bench.measure_raw_get(bare, "/v1/keys/hit", sizes.sequential_ops)
@@ -122,13 +183,15 @@ def run(sizes: Sizes, quick: bool) -> dict[str, Any]:
     with start_broker() as broker:
         http_bench.prepare(broker, "get_hit", range(0))
         broker_get = http_bench.measure_raw_get(broker, "/v1/keys/hit", sizes.sequential_ops)
-    results["baseline"] = {
+    return {
         "bare_get": bare_get,
         "broker_get_hit": broker_get,
         "cpu_ratio": round(broker_get["broker_cpu_us"] / bare_get["broker_cpu_us"], 2),
         "p50_ratio": round(broker_get["p50_us"] / bare_get["p50_us"], 2),
     }
 
+
+def _growth_http(sizes: Sizes, progress: Progress) -> dict[str, Any]:
     growth: dict[str, Any] = {"small_keys": sizes.growth_small, "large_keys": sizes.growth_large}
     with start_broker("--max-items", "0") as broker:
         for label, keys in (("small", sizes.growth_small), ("large", sizes.growth_large)):
@@ -139,101 +202,109 @@ def run(sizes: Sizes, quick: bool) -> dict[str, Any]:
         growth[f"{name}_cpu_ratio"] = round(
             growth["large"][name]["broker_cpu_us"] / growth["small"][name]["broker_cpu_us"], 2
         )
-    results["growth_http"] = growth
+    return growth
 
+
+def _growth_store(sizes: Sizes, progress: Progress) -> dict[str, Any]:
     store: dict[str, Any] = {"small_keys": sizes.store_small, "large_keys": sizes.store_large}
     for label, keys in (("small", sizes.store_small), ("large", sizes.store_large)):
         progress.step(f"store at {keys} keys")
         store[label] = store_bench.op_costs(keys, sizes.store_ops)
     store["set_ratio"] = round(store["large"]["set_us"] / store["small"]["set_us"], 2)
     store["get_ratio"] = round(store["large"]["get_us"] / store["small"]["get_us"], 2)
-    results["growth_store"] = store
+    return store
 
-    progress.step(f"sweep of {sizes.sweep_keys} keys, 1 % due")
-    results["sweep"] = store_bench.sweep_cost(sizes.sweep_keys)
 
-    progress.step(f"lease grant with {leases.SMALL_POOL} and {sizes.lease_holders} holders")
-    grants = leases.compare(leases.SMALL_POOL, sizes.lease_holders, sizes.lease_samples)
-    results["leases"] = {
-        "small_holders": grants.small.holders,
-        "large_holders": grants.large.holders,
-        "small_grant_us": round(grants.small.grant_ns / 1000, 3),
-        "large_grant_us": round(grants.large.grant_ns / 1000, 3),
-        "ratio": round(grants.ratio, 2),
-    }
-
-    results["memory"] = {}
+def _memory(sizes: Sizes, progress: Progress) -> dict[str, Any]:
+    memory: dict[str, Any] = {}
     for scenario in memory_bench.SCENARIOS:
         progress.step(f"memory: {scenario} x {sizes.memory_keys}")
-        results["memory"][scenario] = memory_bench.rss_per_key(scenario, sizes.memory_keys)
-    on = results["memory"]["10KB_compressible_compression_on"]["rss_per_key_bytes"]
-    off = results["memory"]["10KB_compressible_compression_off"]["rss_per_key_bytes"]
-    results["memory"]["compression_ratio"] = round(on / off, 3)
-    progress.finish()
-    return results
+        memory[scenario] = memory_bench.rss_per_key(scenario, sizes.memory_keys)
+    on = memory["10KB_compressible_compression_on"]["rss_per_key_bytes"]
+    off = memory["10KB_compressible_compression_off"]["rss_per_key_bytes"]
+    memory["compression_ratio"] = round(on / off, 3)
+    return memory
 
 
 def render(results: dict[str, Any]) -> str:
     lines = [f"ephemeral-broker {results['meta']['version']} — {results['meta']['command']}",
              f"{results['meta']['machine']}, {results['meta']['cpus']} CPUs, "
-             f"Python {results['meta']['python']}, {results['meta']['date']}", ""]  # fmt: skip
-    lines.append("CPU per operation, one sequential client (µs; broker = server process)")
-    lines.append(f"{'operation':<13} {'broker sync':>12} {'client sync':>12} "
-                 f"{'broker async':>13} {'client async':>13}")  # fmt: skip
-    for op in http_bench.OPERATIONS:
-        s, a = results["sequential"]["sync"][op], results["sequential"]["async"][op]
-        lines.append(f"{op:<13} {s['broker_cpu_us']:>12.1f} {s['client_cpu_us']:>12.1f} "
-                     f"{a['broker_cpu_us']:>13.1f} {a['client_cpu_us']:>13.1f}")  # fmt: skip
-    lines += ["", "Latency and throughput, one sequential client (sync | async)"]
-    lines.append(f"{'operation':<13} {'ops/s':>8} {'p50 µs':>8} {'p95 µs':>8} {'p99 µs':>8}"
-                 f" | {'ops/s':>8} {'p50 µs':>8} {'p99 µs':>8}")  # fmt: skip
-    for op in http_bench.OPERATIONS:
-        s, a = results["sequential"]["sync"][op], results["sequential"]["async"][op]
-        lines.append(f"{op:<13} {s['ops_per_s']:>8.0f} {s['p50_us']:>8.1f} {s['p95_us']:>8.1f} "
-                     f"{s['p99_us']:>8.1f} | {a['ops_per_s']:>8.0f} {a['p50_us']:>8.1f} "
-                     f"{a['p99_us']:>8.1f}")  # fmt: skip
-    lines += ["", "Throughput with N client processes (ops/s total; broker CPU µs/op)"]
-    lines.append(f"{'operation':<13}" + "".join(f" {f'N={n}':>19}" for n in CONCURRENCY))
-    for op in http_bench.OPERATIONS:
-        row = results["concurrency"][op]
-        lines.append(f"{op:<13}" + "".join(
-            f" {row[str(n)]['ops_per_s']:>10.0f} ({row[str(n)]['broker_cpu_us']:>6.1f})"
-            for n in CONCURRENCY))  # fmt: skip
-    base = results["baseline"]
-    lines += ["", "Raw-ASGI baseline (same uvicorn configuration, trivial app)",
-              f"bare GET: {base['bare_get']['broker_cpu_us']:.1f} µs server CPU, "
-              f"p50 {base['bare_get']['p50_us']:.1f} µs; broker GET hit: "
-              f"{base['broker_get_hit']['broker_cpu_us']:.1f} µs, p50 "
-              f"{base['broker_get_hit']['p50_us']:.1f} µs",
-              f"broker GET costs {base['cpu_ratio']}x the bare server's CPU "
-              f"({base['p50_ratio']}x its p50 latency)"]  # fmt: skip
-    g, st, sw = results["growth_http"], results["growth_store"], results["sweep"]
-    set_http = (g["small"]["set"]["broker_cpu_us"], g["large"]["set"]["broker_cpu_us"])
-    get_http = (g["small"]["get"]["broker_cpu_us"], g["large"]["get"]["broker_cpu_us"])
-    lines += [
-        "",
-        f"Growth through HTTP: broker CPU µs/op, {g['small_keys']} -> {g['large_keys']} keys",
-        f"set {set_http[0]:.1f} -> {set_http[1]:.1f} ({g['set_cpu_ratio']}x)   "
-        f"get {get_http[0]:.1f} -> {get_http[1]:.1f} ({g['get_cpu_ratio']}x)",
-        f"Growth in the store: CPU µs/op, {st['small_keys']} -> {st['large_keys']} keys",
-        f"set {st['small']['set_us']:.2f} -> {st['large']['set_us']:.2f} ({st['set_ratio']}x)   "
-        f"get {st['small']['get_us']:.2f} -> {st['large']['get_us']:.2f} ({st['get_ratio']}x)",
-        f"Sweep: {sw['due']} due of {sw['keys']} keys in {sw['sweep_ms']} ms "
-        f"({sw['per_expired_us']} µs per expired key); nothing due: {sw['nothing_due_us']} µs",
-        f"Lease grant in the store: {results['leases']['small_grant_us']} µs with "
-        f"{results['leases']['small_holders']} holders, {results['leases']['large_grant_us']} µs "
-        f"with {results['leases']['large_holders']} ({results['leases']['ratio']}x)",
-        "",
-        "Memory: RSS growth per live key",
-    ]
-    for scenario in memory_bench.SCENARIOS:
-        m = results["memory"][scenario]
+             f"Python {results['meta']['python']}, {results['meta']['date']}"]  # fmt: skip
+    if "sequential" in results:
+        lines += ["", "CPU per operation, one sequential client (µs; broker = server process)"]
+        lines.append(f"{'operation':<13} {'broker sync':>12} {'client sync':>12} "
+                     f"{'broker async':>13} {'client async':>13}")  # fmt: skip
+        for op in http_bench.OPERATIONS:
+            s, a = results["sequential"]["sync"][op], results["sequential"]["async"][op]
+            lines.append(f"{op:<13} {s['broker_cpu_us']:>12.1f} {s['client_cpu_us']:>12.1f} "
+                         f"{a['broker_cpu_us']:>13.1f} {a['client_cpu_us']:>13.1f}")  # fmt: skip
+        lines += ["", "Latency and throughput, one sequential client (sync | async)"]
+        lines.append(f"{'operation':<13} {'ops/s':>8} {'p50 µs':>8} {'p95 µs':>8} {'p99 µs':>8}"
+                     f" | {'ops/s':>8} {'p50 µs':>8} {'p99 µs':>8}")  # fmt: skip
+        for op in http_bench.OPERATIONS:
+            s, a = results["sequential"]["sync"][op], results["sequential"]["async"][op]
+            lines.append(f"{op:<13} {s['ops_per_s']:>8.0f} {s['p50_us']:>8.1f} "
+                         f"{s['p95_us']:>8.1f} {s['p99_us']:>8.1f} | {a['ops_per_s']:>8.0f} "
+                         f"{a['p50_us']:>8.1f} {a['p99_us']:>8.1f}")  # fmt: skip
+    if "concurrency" in results:
+        lines += ["", "Throughput with N client processes (ops/s total; broker CPU µs/op)"]
+        lines.append(f"{'operation':<13}" + "".join(f" {f'N={n}':>19}" for n in CONCURRENCY))
+        for op in http_bench.OPERATIONS:
+            row = results["concurrency"][op]
+            lines.append(f"{op:<13}" + "".join(
+                f" {row[str(n)]['ops_per_s']:>10.0f} ({row[str(n)]['broker_cpu_us']:>6.1f})"
+                for n in CONCURRENCY))  # fmt: skip
+    if "baseline" in results:
+        base = results["baseline"]
+        lines += ["", "Raw-ASGI baseline (same uvicorn configuration, trivial app; httpx client)",
+                  f"bare GET: {base['bare_get']['broker_cpu_us']:.1f} µs server CPU, "
+                  f"p50 {base['bare_get']['p50_us']:.1f} µs; broker GET hit: "
+                  f"{base['broker_get_hit']['broker_cpu_us']:.1f} µs, p50 "
+                  f"{base['broker_get_hit']['p50_us']:.1f} µs",
+                  f"broker GET costs {base['cpu_ratio']}x the bare server's CPU "
+                  f"({base['p50_ratio']}x its p50 latency)"]  # fmt: skip
+    if "floor" in results:
+        lines += ["", *floor.render(results["floor"])]
+    if "growth_http" in results:
+        g = results["growth_http"]
+        set_http = (g["small"]["set"]["broker_cpu_us"], g["large"]["set"]["broker_cpu_us"])
+        get_http = (g["small"]["get"]["broker_cpu_us"], g["large"]["get"]["broker_cpu_us"])
+        lines += [
+            "",
+            f"Growth through HTTP: broker CPU µs/op, {g['small_keys']} -> {g['large_keys']} keys",
+            f"set {set_http[0]:.1f} -> {set_http[1]:.1f} ({g['set_cpu_ratio']}x)   "
+            f"get {get_http[0]:.1f} -> {get_http[1]:.1f} ({g['get_cpu_ratio']}x)",
+        ]
+    if "growth_store" in results:
+        st = results["growth_store"]
+        lines += [
+            f"Growth in the store: CPU µs/op, {st['small_keys']} -> {st['large_keys']} keys",
+            f"set {st['small']['set_us']:.2f} -> {st['large']['set_us']:.2f} "
+            f"({st['set_ratio']}x)   get {st['small']['get_us']:.2f} -> "
+            f"{st['large']['get_us']:.2f} ({st['get_ratio']}x)",
+        ]
+    if "sweep" in results:
+        sw = results["sweep"]
         lines.append(
-            f"{scenario:<36} {m['keys']:>7} keys {m['rss_per_key_bytes']:>9.0f} B/key "
-            f"(value {m['value_bytes']} B, beyond it {m['overhead_per_key_bytes']:.0f} B)"
+            f"Sweep: {sw['due']} due of {sw['keys']} keys in {sw['sweep_ms']} ms "
+            f"({sw['per_expired_us']} µs per expired key); nothing due: {sw['nothing_due_us']} µs"
         )
-    ratio = results["memory"]["compression_ratio"]
-    lines.append(f"compressible 10 KB values, RSS with compression on / off: {ratio}")
+    if "leases" in results:
+        le = results["leases"]
+        lines.append(
+            f"Lease grant in the store: {le['small_grant_us']} µs with {le['small_holders']} "
+            f"holders, {le['large_grant_us']} µs with {le['large_holders']} ({le['ratio']}x)"
+        )
+    if "memory" in results:
+        lines += ["", "Memory: RSS growth per live key"]
+        for scenario in memory_bench.SCENARIOS:
+            m = results["memory"][scenario]
+            lines.append(
+                f"{scenario:<36} {m['keys']:>7} keys {m['rss_per_key_bytes']:>9.0f} B/key "
+                f"(value {m['value_bytes']} B, beyond it {m['overhead_per_key_bytes']:.0f} B)"
+            )
+        ratio = results["memory"]["compression_ratio"]
+        lines.append(f"compressible 10 KB values, RSS with compression on / off: {ratio}")
     return "\n".join(lines)
 
 
@@ -241,12 +312,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes: under a minute")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    parser.add_argument(
+        "--only", action="append", choices=SECTIONS, metavar="SECTION",
+        help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    results = run(QUICK if args.quick else FULL, args.quick)
+    sections = tuple(s for s in SECTIONS if s in args.only) if args.only else SECTIONS
+    results = run(QUICK if args.quick else FULL, args.quick, sections)
     print(render(results))
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
-    missing = missing_fields(results)
+    missing = missing_fields(results, sections)
     if missing:
         print(f"incomplete results: {missing}", file=sys.stderr)
         return 1

@@ -2,6 +2,8 @@
 
 `python -m bench.baseline SOCKET` binds SOCKET and answers every request with a fixed JSON body
 shaped like a broker GET, so "broker GET costs X times the bare server" compares like with like.
+A request with a body (PUT, POST) has it read first, as any app that uses it must: the floor of
+a write includes receiving what is written.
 """
 
 from __future__ import annotations
@@ -17,12 +19,18 @@ from ephemeral_broker.server import LISTEN_BACKLOG, run_in_new_loop, uvicorn_con
 
 # What a broker GET of a 100-byte value answers.
 BODY = b'{"key":"k","value":"' + b"v" * 98 + b'","version":1,"expires_at":1767225600000}'
+_WITH_BODY = frozenset({"PUT", "POST"})
 HEADERS = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] != "http":
         return
+    if scope["method"] in _WITH_BODY:
+        more = True
+        while more:
+            message = await receive()
+            more = message.get("more_body", False)
     await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
     await send({"type": "http.response.body", "body": BODY})
 

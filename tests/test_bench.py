@@ -78,3 +78,18 @@ def test_soak_reports_ops_errors_and_the_brokers_resources(tmp_path: Path) -> No
         0,
     )
     assert "p50" in result.stdout and "after_expiry" in result.stdout
+
+
+@pytest.mark.timeout(300)
+def test_only_the_floor_section_reports_each_operation_against_its_floor(tmp_path: Path) -> None:
+    out = tmp_path / "floor.json"
+    result = run_module("bench", "--quick", "--only", "floor", "--json", str(out), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = orjson.loads(out.read_bytes())
+    assert missing_fields(results, ("floor",)) == []
+    assert set(results) == {"meta", "floor"}
+    for operation in ("get", "put", "delete", "incr", "ping"):
+        row = results["floor"][operation]
+        assert row["broker_cpu_us"] > 0 and row["floor_cpu_us"] > 0 and row["ratio"] > 0, row
+        assert f"\n{operation} " in result.stdout
+    assert "against the floor" in result.stdout

@@ -290,22 +290,6 @@ def test_many_concurrent_clients_are_all_answered(broker: BrokerProcess) -> None
         assert client.get("/v1/stats").json()["items"] == 16 * 25
 
 
-def test_dockerfile_healthcheck_command_asks_the_broker(broker: BrokerProcess) -> None:
-    import re
-    import sys
-
-    dockerfile = (Path(__file__).resolve().parent.parent / "Dockerfile").read_text()
-    match = re.search(r"HEALTHCHECK[^\n]*\\\n\s*CMD (\[.*\])", dockerfile)
-    assert match, "HEALTHCHECK CMD not found"
-    command = json.loads(match.group(1))
-    assert command[0] == "python"
-    command[0] = sys.executable
-    env = {**os.environ, "EPHEMERAL_PIPE": str(broker.socket)}
-    assert subprocess.run(command, env=env, timeout=30, check=False).returncode == 0
-    assert broker.stop() == 0
-    assert subprocess.run(command, env=env, timeout=30, check=False).returncode != 0
-
-
 def test_huge_headers_are_refused_as_they_arrive(broker: BrokerProcess) -> None:
     before = rss_kib(broker.pid)
     sent, answer = stream_until_refused(

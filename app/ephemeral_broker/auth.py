@@ -1,7 +1,7 @@
 """Auth (SPEC section 5): a Bearer token or an HMAC signature on every route but the probes.
 
-Pure ASGI, between BrokerMiddleware (request id, drain gate, metrics, access log) and
-BodyLimitMiddleware (limits, Content-Encoding decoding):
+Called by BrokerMiddleware (after the request id and the drain gate, before the body limits
+and Content-Encoding decoding), for every path but the probes:
 
 - A Bearer request is decided from its headers alone: a wrong token is refused before a byte of
   its body is read.
@@ -24,18 +24,12 @@ import hmac
 import re
 from typing import Final
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ephemeral_broker.clock import Clock
-from ephemeral_broker.errors import BrokerError
+from ephemeral_broker.errors import BrokerError, request_id_of, send_problem
+from ephemeral_broker.limits import declared_too_large, streamed_too_large
 from ephemeral_broker.logs import logger
-from ephemeral_broker.middleware import (
-    PROBE_PATHS,
-    declared_too_large,
-    request_id_of,
-    send_problem,
-    streamed_too_large,
-)
 from ephemeral_broker.signing import (
     MAX_SKEW_MS,
     MAX_TIMESTAMP_DIGITS,
@@ -59,42 +53,36 @@ class _Refused(Exception):
         self.detail = detail
 
 
-class AuthMiddleware:
-    def __init__(self, app: ASGIApp, *, secret: str, max_request_size: int, clock: Clock) -> None:
-        self.app = app
+class Authenticator:
+    """Decides whether a request may reach the app: called by BrokerMiddleware with the
+    headers it already picked out of the request, for every path but the probes."""
+
+    def __init__(self, *, secret: str, max_request_size: int, clock: Clock) -> None:
         self._secret = secret
         self._bearer_digest = hashlib.sha256(secret.encode()).digest()
         self._limit = max_request_size
         self._clock = clock
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
-            await self.app(scope, receive, send)
-            return
-        authorization: bytes | None = None
-        timestamp: bytes | None = None
-        signature: bytes | None = None
-        length: bytes | None = None
-        chunked = False
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value
-            elif name == b"x-broker-timestamp":
-                timestamp = value
-            elif name == b"x-broker-signature":
-                signature = value
-            elif name == b"content-length":
-                length = value
-            elif name == b"transfer-encoding":
-                chunked = True
+    async def admit(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        authorization: bytes | None,
+        timestamp: bytes | None,
+        signature: bytes | None,
+        length: bytes | None,
+        chunked: bool,
+    ) -> Receive | None:
+        """The receive the app should read the body from, or None once the request has been
+        answered here (refused, or its client went away while its body was read)."""
         has_body = chunked or (length is not None and length.strip(b"0 \t") != b"")
 
         bearer = _bearer_token(authorization)
         if bearer is not None and hmac.compare_digest(
             hashlib.sha256(bearer).digest(), self._bearer_digest
         ):
-            await self.app(scope, receive, send)
-            return
+            return receive
         try:
             if timestamp is None or signature is None:
                 if bearer is not None:
@@ -103,18 +91,18 @@ class AuthMiddleware:
             self._check_signature_headers(timestamp, signature)
         except _Refused as refused:
             await self._refuse(scope, send, refused.detail, body_unread=has_body)
-            return
+            return None
 
         if has_body:
             if length is not None and length.isdigit() and int(length) > self._limit:
                 await send_problem(scope, send, declared_too_large(int(length), self._limit))
-                return
+                return None
             body = await self._read_body(receive)
             if body is None:
-                return  # the client went away; nobody to answer
+                return None  # the client went away; nobody to answer
             if isinstance(body, BrokerError):
                 await send_problem(scope, send, body)
-                return
+                return None
         else:
             body = b""
 
@@ -138,8 +126,8 @@ class AuthMiddleware:
                 "signed with the broker's secret",
                 body_unread=False,
             )  # fmt: skip
-            return
-        await self.app(scope, _Replay(body, receive) if has_body else receive, send)
+            return None
+        return _Replay(body, receive) if has_body else receive
 
     def _check_signature_headers(self, timestamp: bytes, signature: bytes) -> None:
         if not (0 < len(timestamp) <= MAX_TIMESTAMP_DIGITS and timestamp.isdigit()):

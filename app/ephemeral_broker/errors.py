@@ -7,9 +7,12 @@ title follow from the code, so the table below is the single place they are defi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
+
+if TYPE_CHECKING:  # the clients import this module: it must not load the server stack
+    from starlette.types import Scope, Send
 
 ErrorCode = Literal[
     "bad_request",
@@ -73,6 +76,7 @@ ERRORS: Final[Mapping[str, tuple[int, str]]] = {
 }
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"
+_PROBLEM_CONTENT_TYPE_BYTES: Final = PROBLEM_CONTENT_TYPE.encode()
 RETRY_AFTER_SECONDS: Final = "1"
 
 
@@ -128,3 +132,38 @@ def quote_name(name: str, limit: int = 80) -> str:
     """A key or pool name as it appears in an error sentence: quoted, shortened, escapes visible."""
     shown = name if len(name) <= limit else name[:limit] + "…"
     return repr(shown)
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request id BrokerMiddleware gave this request ("-" before it did)."""
+    state = scope.get("state")
+    if isinstance(state, dict):
+        rid = state.get("request_id")
+        if isinstance(rid, str):
+            return rid
+    return "-"
+
+
+def problem_headers(error: BrokerError, body: bytes) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"content-type", _PROBLEM_CONTENT_TYPE_BYTES),
+        (b"content-length", b"%d" % len(body)),
+    ]
+    headers.extend((k.lower().encode(), v.encode()) for k, v in error.headers.items())
+    return headers
+
+
+def render_problem(scope: Scope, error: BrokerError) -> bytes:
+    """The problem+json body for `error`; records its code for the metrics and the log."""
+    scope.setdefault("state", {})["error_code"] = error.code
+    return problem_body(
+        error.code, error.detail, request_id_of(scope), error.errors, error.more_errors
+    )
+
+
+async def send_problem(scope: Scope, send: Send, error: BrokerError) -> None:
+    """Answer with `error` as problem+json, straight over ASGI."""
+    body = render_problem(scope, error)
+    headers = problem_headers(error, body)
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -14,17 +15,19 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 
 from ephemeral_broker import __version__
 from ephemeral_broker.api import keys, leases, system
 from ephemeral_broker.api.body import request_validation_failure
-from ephemeral_broker.auth import AuthMiddleware
+from ephemeral_broker.api.routing import RouteTable
+from ephemeral_broker.auth import Authenticator
 from ephemeral_broker.capacity import CapacityWatch
 from ephemeral_broker.clock import Clock, SystemClock
 from ephemeral_broker.errors import PROBLEM_CONTENT_TYPE, BrokerError, problem_body
 from ephemeral_broker.logs import logger
 from ephemeral_broker.metrics import BrokerMetrics
-from ephemeral_broker.middleware import BodyLimitMiddleware, BrokerMiddleware
+from ephemeral_broker.middleware import BrokerMiddleware
 from ephemeral_broker.runtime import Runtime
 from ephemeral_broker.schemas import (
     AcquireLeaseRequest,
@@ -75,6 +78,15 @@ async def _on_request_validation(request: Request, exc: Exception) -> Response:
     return problem_response(request, request_validation_failure(exc.errors()))
 
 
+async def _on_unhandled(request: Request, exc: Exception) -> Response:
+    # Starlette's ServerErrorMiddleware answers with this, then re-raises for BrokerMiddleware
+    # to log with its traceback (a bug in a route FastAPI's router served).
+    rid = getattr(request.state, "request_id", "-")
+    return problem_response(
+        request, BrokerError("internal_error", f"internal error; see the broker log for {rid}")
+    )
+
+
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     method, path = request.method, request.url.path
@@ -94,10 +106,10 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     return problem_response(request, error)
 
 
-RouteTable = list[tuple[re.Pattern[str], frozenset[str]]]
+AllowTable = list[tuple[re.Pattern[str], frozenset[str]]]
 
 
-def _route_table(routers: tuple[APIRouter, ...]) -> RouteTable:
+def _allow_table(routers: tuple[APIRouter, ...]) -> AllowTable:
     return [
         (route.path_regex, frozenset(route.methods or ()))
         for router in routers
@@ -108,7 +120,7 @@ def _route_table(routers: tuple[APIRouter, ...]) -> RouteTable:
 
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this path (Starlette names only the first route's)."""
-    table: RouteTable = request.app.state.route_table
+    table: AllowTable = request.app.state.allow_table
     path = request.scope["path"]
     return sorted({m for regex, methods in table if regex.match(path) for m in methods})
 
@@ -126,6 +138,23 @@ async def _sweep_forever(store: Store, interval_ms: int) -> None:
 
 
 BackgroundTask = Callable[[FastAPI], Coroutine[Any, Any, None]]
+
+
+class BrokerAPI(FastAPI):
+    """FastAPI with BrokerMiddleware in front of FastAPI's own middleware stack.
+
+    `add_middleware` would put it inside FastAPI's outer layers (ServerErrorMiddleware, the
+    telemetry and body-size wrappers), which a request for one of the broker's routes never
+    needs: BrokerMiddleware dispatches those itself and answers every error they raise. What
+    it does not dispatch (no such route, a wrong method, /openapi.json) goes on through
+    FastAPI's whole stack, exception handlers included, unchanged.
+    """
+
+    front: Callable[[ASGIApp], ASGIApp] | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return stack if self.front is None else self.front(stack)
 
 
 def create_app(
@@ -155,7 +184,7 @@ def create_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    app = FastAPI(
+    app = BrokerAPI(
         title="ephemeral-broker",
         version=__version__,
         summary="In-memory key/value and lease broker for the processes of one run, over a "
@@ -175,27 +204,31 @@ def create_app(
     app.state.metrics = metrics
     for router in ROUTERS:
         app.include_router(router)
-    app.state.route_table = _route_table(ROUTERS)
+    app.state.allow_table = _allow_table(ROUTERS)
     app.add_exception_handler(BrokerError, _on_broker_error)
     app.add_exception_handler(RequestValidationError, _on_request_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
-    # add_middleware wraps: the last added is the outermost. Outermost first: BrokerMiddleware
-    # (request id, drain gate, metrics, access log), AuthMiddleware (only with a secret; it
-    # sees the body as sent on the wire, which the signature covers), BodyLimitMiddleware.
-    app.add_middleware(BodyLimitMiddleware, max_request_size=settings.max_request_size)
+    app.add_exception_handler(Exception, _on_unhandled)
+    # One middleware (middleware.py), in front of FastAPI's own stack (see BrokerAPI): request
+    # id, drain gate, auth (only with a secret; it sees the body as sent on the wire, which the
+    # signature covers), body limits, then straight to the route through the route table;
+    # metrics, access log and gzip around it all.
+    auth = None
     if settings.secret is not None:
-        app.add_middleware(
-            AuthMiddleware,
+        auth = Authenticator(
             secret=settings.secret.get_secret_value(),
             max_request_size=settings.max_request_size,
             clock=clock,
         )
-    app.add_middleware(
+    app.front = functools.partial(
         BrokerMiddleware,
         runtime=runtime,
         metrics=metrics,
         compression_threshold=settings.compression_threshold,
         access_log=settings.access_log,
+        max_request_size=settings.max_request_size,
+        auth=auth,
+        routes=RouteTable(route for router in ROUTERS for route in router.routes),
     )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

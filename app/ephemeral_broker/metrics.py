@@ -1,7 +1,8 @@
 """Prometheus metrics on a registry of the app's own (never the global default registry).
 
-Request metrics are recorded as requests finish. Everything that describes state (items,
-capacity, in-flight requests, draining, store counters) is read from a snapshot taken when
+Request metrics are recorded as requests finish, as plain numbers (see _RequestCollector).
+Everything that describes state (items, capacity, in-flight requests, draining, store
+counters) is read from a snapshot taken when
 `/metrics` is scraped, so a scrape is always current without any other call first.
 Label values come from fixed sets (route names, error codes): a key or pool name never
 becomes a label, and prometheus-client escapes whatever it writes (seed defect #22).
@@ -9,20 +10,22 @@ becomes a label, and prometheus-client escapes whatever it writes (seed defect #
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from ephemeral_broker.store import StoreStats
 from ephemeral_broker.store.base import MEMORY_STATUS, StoreStatus
@@ -114,44 +117,90 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"{PREFIX}_{name}", documentation, value=value)
 
 
+class _RequestCollector(Collector):
+    """The per-request series, kept as plain numbers and turned into metric families only
+    when `/metrics` is scraped.
+
+    prometheus-client's Counter and Histogram take a lock and check their state on every
+    increment, which is most of what recording a request cost. The broker serves requests on
+    one event-loop thread and scrapes on that same thread, so plain ints and floats are exact
+    here, and the exposition is the same text as from a Counter and a Histogram: same names,
+    help, labels, cumulative buckets.
+    """
+
+    def __init__(self) -> None:
+        # (operation, result) -> count; code -> count; operation -> durations.
+        self.operations: dict[tuple[str, str], int] = {}
+        self.errors: dict[str, int] = {}
+        self.durations: dict[str, _Durations] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        operations = CounterMetricFamily(
+            f"{PREFIX}_operations", "Requests by operation and result.",
+            labels=["operation", "result"],
+        )  # fmt: skip
+        for labels, count in self.operations.items():
+            operations.add_metric(list(labels), float(count))
+        yield operations
+        errors = CounterMetricFamily(
+            f"{PREFIX}_errors", "Error responses by stable code.", labels=["code"]
+        )
+        for code, count in self.errors.items():
+            errors.add_metric([code], float(count))
+        yield errors
+        duration = HistogramMetricFamily(
+            f"{PREFIX}_request_duration_seconds", "Request duration by operation.",
+            labels=["operation"],
+        )  # fmt: skip
+        for operation, observed in self.durations.items():
+            cumulative = list(itertools.accumulate(observed.counts))
+            duration.add_metric(
+                [operation], list(zip(_BUCKET_NAMES, map(float, cumulative), strict=True)),
+                observed.total,
+            )  # fmt: skip
+        yield duration
+
+
+class _Durations:
+    """One operation's histogram: a count per bucket (not cumulative) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+
+# Bucket labels as prometheus-client writes them (0.0001 -> "0.0001", 1.0 -> "1.0").
+_BUCKET_NAMES: Final = (
+    *(floatToGoString(b) for b in DURATION_BUCKETS),  # type: ignore[no-untyped-call]
+    "+Inf",
+)
+
+
 class BrokerMetrics:
     def __init__(self, version: str) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.operations = Counter(
-            f"{PREFIX}_operations", "Requests by operation and result.",
-            ["operation", "result"], registry=self.registry,
-        )  # fmt: skip
-        self.errors = Counter(
-            f"{PREFIX}_errors", "Error responses by stable code.", ["code"],
-            registry=self.registry,
-        )  # fmt: skip
-        self.duration = Histogram(
-            f"{PREFIX}_request_duration_seconds", "Request duration by operation.",
-            ["operation"], buckets=DURATION_BUCKETS, registry=self.registry,
-        )  # fmt: skip
+        self._requests = _RequestCollector()
+        self.registry.register(self._requests)
         self._state = _StateCollector(version)
         self.registry.register(self._state)
         ProcessCollector(registry=self.registry)
-        # Resolved label children, so the hot path skips prometheus-client's lock and lookup.
-        self._ops: dict[tuple[str, str], Counter] = {}
-        self._errs: dict[str, Counter] = {}
-        self._durations: dict[str, Histogram] = {}
 
     def observe(self, operation: str, result: str, error_code: str | None, seconds: float) -> None:
+        requests = self._requests
         key = (operation, result)
-        op = self._ops.get(key)
-        if op is None:
-            op = self._ops[key] = self.operations.labels(operation, result)
-        op.inc()
-        hist = self._durations.get(operation)
-        if hist is None:
-            hist = self._durations[operation] = self.duration.labels(operation)
-        hist.observe(seconds)
+        operations = requests.operations
+        operations[key] = operations.get(key, 0) + 1
+        durations = requests.durations.get(operation)
+        if durations is None:
+            durations = requests.durations[operation] = _Durations()
+        # The first bucket whose upper bound is >= seconds, as Histogram.observe picks it.
+        durations.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        durations.total += seconds
         if error_code is not None:
-            err = self._errs.get(error_code)
-            if err is None:
-                err = self._errs[error_code] = self.errors.labels(error_code)
-            err.inc()
+            errors = requests.errors
+            errors[error_code] = errors.get(error_code, 0) + 1
 
     def render(self, snapshot: ScrapeSnapshot) -> bytes:
         self._state.snapshot = snapshot

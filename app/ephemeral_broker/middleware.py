@@ -1,31 +1,47 @@
-"""Pure-ASGI middleware (never BaseHTTPMiddleware: it is slow and breaks streaming).
+"""BrokerMiddleware: the one pure-ASGI middleware every request passes through.
 
-Order, outermost first:
-  BrokerMiddleware     request id, drain gate, in-flight/activity accounting, metrics, access
-                       log, gzip responses, and the last line of defence: any exception becomes a
-                       500 problem with no traceback in the body.
-  AuthMiddleware       (auth.py, only when a secret is set) Bearer or HMAC signature.
-  BodyLimitMiddleware  Content-Length checked before reading, chunked bodies counted as they
-                       stream, gzip/deflate request bodies decoded with the decoded size capped.
+Never BaseHTTPMiddleware (it is slow and breaks streaming), and one middleware rather than a
+stack of them: each layer of a stack is another coroutine, another pass over the headers and
+another `send` wrapper per request, and on a request that costs a few tens of microseconds in
+all, those add up. In order, for each HTTP request:
+
+  1. one pass over the headers picks out everything the steps below need;
+  2. the request id (the client's X-Request-ID when it is valid, else a new one);
+  3. the drain gate: once shutdown has begun, everything but the probes gets 503 draining;
+  4. auth (auth.py, only when a secret is set; not for the probes): Bearer or HMAC signature;
+  5. body limits and Content-Encoding (limits.py), before and while the body is read;
+  6. dispatch: a request for one of the broker's routes goes straight to that route
+     (api/routing.py's RouteTable: the route Starlette's router would pick, without walking
+     the router); anything else (no such route, wrong method, /openapi.json) goes on to the
+     FastAPI app, whose router and exception handlers answer it;
+  and around all of it: in-flight and activity accounting, gzip of large responses, metrics,
+  the access log, and the last line of defence: any exception becomes a 500 problem with no
+  traceback in the body.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import time
 import zlib
-from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Final
 
 from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ephemeral_broker.errors import PROBLEM_CONTENT_TYPE, BrokerError, ErrorCode, problem_body
+from ephemeral_broker.errors import BrokerError, send_problem
+from ephemeral_broker.limits import guard_body
 from ephemeral_broker.logs import access_logger, logger
 from ephemeral_broker.metrics import BrokerMetrics
 from ephemeral_broker.runtime import Runtime
+
+if TYPE_CHECKING:
+    from ephemeral_broker.api.routing import RouteTable
+    from ephemeral_broker.auth import Authenticator
 
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # Probes: never need auth, never count as activity, and stay answerable while draining.
@@ -33,31 +49,22 @@ PROBE_PATHS: Final = frozenset({"/healthz", "/readyz"})
 _GZIP_LEVEL: Final = 1  # a local socket makes bytes cheap; CPU is the cost that matters
 # nginx's convention for "the client went away before the answer": for metrics and the log.
 CLIENT_CLOSED_STATUS: Final = 499
-
-
-def request_id_of(scope: Scope) -> str:
-    state = scope.get("state")
-    if isinstance(state, dict):
-        rid = state.get("request_id")
-        if isinstance(rid, str):
-            return rid
-    return "-"
-
-
-async def send_problem(scope: Scope, send: Send, error: BrokerError) -> None:
-    """Answer with a problem+json body from middleware, before or instead of the app."""
-    state = scope.setdefault("state", {})
-    state["error_code"] = error.code
-    body = problem_body(
-        error.code, error.detail, request_id_of(scope), error.errors, error.more_errors
-    )
-    headers = [
-        (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    headers.extend((k.lower().encode(), v.encode()) for k, v in error.headers.items())
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+# The request headers any step reads; all others are skipped with one set lookup each.
+# Not for secrets (S311): request ids only need to be unlikely to repeat.
+_new_request_id: Final = random.Random(os.urandom(32)).getrandbits  # noqa: S311
+_PLAIN_RESPONSE_CALL: Final = Response.__call__
+_WANTED: Final = frozenset(
+    {
+        b"x-request-id",
+        b"accept-encoding",
+        b"content-length",
+        b"content-encoding",
+        b"transfer-encoding",
+        b"authorization",
+        b"x-broker-timestamp",
+        b"x-broker-signature",
+    }
+)
 
 
 class BrokerMiddleware:
@@ -69,31 +76,49 @@ class BrokerMiddleware:
         metrics: BrokerMetrics,
         compression_threshold: int,
         access_log: bool,
+        max_request_size: int,
+        auth: Authenticator | None = None,
+        routes: RouteTable | None = None,
     ) -> None:
         self.app = app
         self.runtime = runtime
         self.metrics = metrics
         self.gzip_threshold = compression_threshold
         self.access_log = access_log
+        self.limit = max_request_size
+        self.auth = auth
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        # One clock for the duration and the activity stamp: monotonic has nanosecond
+        # resolution on Linux, as perf_counter (the same clock there).
+        started = time.monotonic()
         runtime = self.runtime
-        incoming_id: bytes | None = None
-        accepts_gzip = False
+        # 1. Every header a later step needs, in one pass. The last of repeated headers wins,
+        # except that any Accept-Encoding naming gzip, and any Transfer-Encoding, counts.
+        found: dict[bytes, bytes] = {}
+        gzip_named = False
         for name, value in scope["headers"]:
-            if name == b"x-request-id":
-                incoming_id = value
-            elif name == b"accept-encoding" and b"gzip" in value.lower():
-                accepts_gzip = self.gzip_threshold > 0
+            if name in _WANTED:
+                if name == b"accept-encoding":
+                    gzip_named = gzip_named or b"gzip" in value.lower()
+                else:
+                    found[name] = value
+        accepts_gzip = gzip_named and self.gzip_threshold > 0
+
+        # 2. The request id.
+        incoming_id = found.get(b"x-request-id")
         if incoming_id is not None and _REQUEST_ID.fullmatch(incoming_id):
             rid_bytes = incoming_id
+            rid = incoming_id.decode()
         else:
-            rid_bytes = os.urandom(8).hex().encode()
-        rid = rid_bytes.decode()
+            # 64 random bits as 16 hex digits, from a generator seeded from os.urandom: a
+            # correlation id, not a secret, so it skips the system call per request.
+            rid = f"{_new_request_id(64):016x}"
+            rid_bytes = rid.encode()
         state = scope.setdefault("state", {})
         state["request_id"] = rid
 
@@ -101,7 +126,7 @@ class BrokerMiddleware:
         probe = path in PROBE_PATHS
         runtime.requests_total += 1
         if not probe:
-            runtime.last_activity = time.monotonic()
+            runtime.last_activity = started
         status = 500
         response_started = False
         held_start: Message | None = None
@@ -126,13 +151,31 @@ class BrokerMiddleware:
 
         runtime.in_flight += 1
         try:
+            # 3. The drain gate.
             if runtime.draining and not probe:
                 await send_problem(
                     scope, send_wrapper,
                     BrokerError("draining", "the broker is shutting down; retry on a new broker"),
                 )  # fmt: skip
             else:
-                await self.app(scope, receive, send_wrapper)
+                response = await self._admit(scope, receive, send_wrapper, found, probe)
+                if response is not None:
+                    # A route's answer: what Response.__call__ would send, with what
+                    # send_wrapper would add, sent from here (two fewer hops per message).
+                    status = response.status_code
+                    response_started = True
+                    start: Message = {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [*response.raw_headers, (b"x-request-id", rid_bytes)],
+                    }
+                    body: Message = {"type": "http.response.body", "body": response.body}
+                    if accepts_gzip:
+                        start, body = self._maybe_gzip(start, body)
+                    await send(start)
+                    await send(body)
+                    if response.background is not None:
+                        await response.background()
         except ClientDisconnect:
             # The client hung up while sending its body: nobody to answer, and not a bug.
             status = CLIENT_CLOSED_STATUS
@@ -164,11 +207,12 @@ class BrokerMiddleware:
                 )  # fmt: skip
         finally:
             runtime.in_flight -= 1
+            ended = time.monotonic()
             if not probe:
                 # Idle time counts from the end of the last request: a long waiting read is
                 # activity for as long as it waits.
-                runtime.last_activity = time.monotonic()
-            elapsed = time.perf_counter() - started
+                runtime.last_activity = ended
+            elapsed = ended - started
             route = scope.get("route")
             operation = getattr(route, "name", None) or "unrouted"
             error_code = state.get("error_code")
@@ -188,6 +232,50 @@ class BrokerMiddleware:
                     },
                 )
 
+    async def _admit(
+        self, scope: Scope, receive: Receive, send: Send, found: dict[bytes, bytes], probe: bool
+    ) -> Response | None:
+        """Steps 4 to 6: auth, body limits, then the route. Returns the answer of one of the
+        broker's routes, to be sent; None when the request was answered through `send`."""
+        length = found.get(b"content-length")
+        chunked = b"transfer-encoding" in found
+        if self.auth is not None and not probe:
+            # 4. Auth sees the body as sent on the wire, which a signature covers.
+            admitted = await self.auth.admit(
+                scope,
+                receive,
+                send,
+                found.get(b"authorization"),
+                found.get(b"x-broker-timestamp"),
+                found.get(b"x-broker-signature"),
+                length,
+                chunked,
+            )
+            if admitted is None:
+                return None  # answered already
+            receive = admitted
+        # 5. Body limits and Content-Encoding (nothing to do without a body).
+        if length is not None or chunked:
+            guarded = guard_body(
+                scope, receive, self.limit, length, found.get(b"content-encoding", b""), chunked
+            )
+            if isinstance(guarded, BrokerError):
+                await send_problem(scope, send, guarded)
+                return None
+            scope, receive = guarded
+        # 6. The route.
+        routes = self.routes
+        if routes is not None:
+            target = routes.find(scope)
+            if target is not None:
+                response = await routes.enter(scope, target).respond(scope, receive)
+                if type(response).__call__ is _PLAIN_RESPONSE_CALL:
+                    return response
+                await response(scope, receive, send)  # one that sends itself (streams...)
+                return None
+        await self.app(scope, receive, send)
+        return None
+
     def _maybe_gzip(self, start: Message, message: Message) -> tuple[Message, Message]:
         body: bytes = message.get("body", b"")
         headers: list[tuple[bytes, bytes]] = start["headers"]
@@ -205,174 +293,3 @@ class BrokerMiddleware:
             (b"vary", b"Accept-Encoding"),
         ]
         return {**start, "headers": headers}, {**message, "body": packed}
-
-
-_CODINGS: Final[Mapping[bytes, str]] = {
-    b"": "identity",
-    b"identity": "identity",
-    b"gzip": "gzip",
-    b"x-gzip": "gzip",
-    b"deflate": "deflate",
-}
-
-
-def _closing(code: ErrorCode, detail: str) -> BrokerError:
-    # The rest of the body may still be on its way: close the connection after answering,
-    # instead of reading (or parsing as a next request) what the client still sends.
-    return BrokerError(code, detail, headers={"Connection": "close"})
-
-
-def declared_too_large(declared: int, limit: int) -> BrokerError:
-    """A Content-Length over max_request_size (here, and in auth before it reads a body)."""
-    return _closing(
-        "too_large",
-        f"request body of {declared} bytes (Content-Length) is over max_request_size of "
-        f"{limit} bytes",
-    )
-
-
-def streamed_too_large(limit: int) -> BrokerError:
-    """A body that passed max_request_size while it streamed (here, and in auth)."""
-    return _closing(
-        "too_large", f"request body passed max_request_size of {limit} bytes while streaming"
-    )
-
-
-class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, max_request_size: int) -> None:
-        self.app = app
-        self.limit = max_request_size
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length: bytes | None = None
-        encoding = b""
-        chunked = False
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                length = value
-            elif name == b"content-encoding":
-                encoding = value.strip().lower()
-            elif name == b"transfer-encoding":
-                chunked = True
-        declared = 0
-        if length is not None:
-            # uvicorn's HTTP parser refuses a malformed Content-Length before we run; this guards
-            # other ASGI servers and in-process transports.
-            declared = int(length) if length.isdigit() else -1
-            if declared < 0:
-                await send_problem(scope, send, _closing(
-                    "invalid_json", "the Content-Length header is not a non-negative integer"
-                ))  # fmt: skip
-                return
-            if declared > self.limit:
-                await send_problem(scope, send, declared_too_large(declared, self.limit))
-                return
-        if declared == 0 and not chunked:
-            await self.app(scope, receive, send)  # no body: nothing to guard
-            return
-        coding = _CODINGS.get(encoding)
-        if coding is None:
-            await send_problem(scope, send, _closing(
-                "unsupported_encoding",
-                f"Content-Encoding {encoding.decode('latin-1')!r} is not supported; send "
-                "identity, gzip or deflate",
-            ))  # fmt: skip
-            return
-        if coding == "identity":
-            await self.app(scope, _CountingReceive(receive, self.limit), send)
-            return
-        headers = [
-            (n, v) for n, v in scope["headers"] if n not in (b"content-encoding", b"content-length")
-        ]
-        decoded_scope = {**scope, "headers": headers}
-        await self.app(decoded_scope, _DecodingReceive(receive, self.limit, coding), send)
-
-
-class _CountingReceive:
-    """Passes body chunks through, refusing the request once they pass the limit."""
-
-    __slots__ = ("_limit", "_receive", "_seen")
-
-    def __init__(self, receive: Receive, limit: int) -> None:
-        self._receive = receive
-        self._limit = limit
-        self._seen = 0
-
-    async def __call__(self) -> Message:
-        message = await self._receive()
-        if message["type"] == "http.request":
-            self._seen += len(message.get("body", b""))
-            if self._seen > self._limit:
-                raise streamed_too_large(self._limit)
-        return message
-
-
-class _DecodingReceive:
-    """Inflates a gzip or deflate body chunk by chunk, never past the limit.
-
-    `decompress(data, max_length)` never produces more than `max_length` bytes, so a small
-    compressed bomb costs at most `limit + 1` bytes of memory before it is refused.
-    """
-
-    __slots__ = ("_coding", "_decoder", "_limit", "_out", "_raw", "_receive")
-
-    def __init__(self, receive: Receive, limit: int, coding: str) -> None:
-        self._receive = receive
-        self._limit = limit
-        self._coding = coding
-        self._decoder: Any = None
-        self._raw = 0
-        self._out = 0
-
-    def _invalid(self, why: str) -> BrokerError:
-        return _closing(
-            "invalid_json",
-            f"the request body is not valid {self._coding} data (Content-Encoding: "
-            f"{self._coding}): {why}",
-        )
-
-    async def __call__(self) -> Message:
-        message = await self._receive()
-        if message["type"] != "http.request":
-            return message
-        chunk: bytes = message.get("body", b"")
-        more = bool(message.get("more_body", False))
-        self._raw += len(chunk)
-        if self._raw > self._limit:
-            raise _closing(
-                "too_large",
-                f"compressed request body passed max_request_size of {self._limit} bytes",
-            )
-        if self._decoder is None and chunk:
-            self._decoder = zlib.decompressobj(self._wbits(chunk))
-        out = b""
-        if self._decoder is not None and chunk:
-            room = self._limit - self._out
-            try:
-                out = self._decoder.decompress(chunk, room + 1)
-            except zlib.error as exc:
-                raise self._invalid(str(exc)) from None
-            if len(out) > room:
-                raise _closing(
-                    "too_large",
-                    f"decoded request body passed max_request_size of {self._limit} bytes",
-                )
-            self._out += len(out)
-        if not more:
-            if self._decoder is None or not self._decoder.eof:
-                raise self._invalid("the compressed stream is truncated")
-            if self._decoder.unused_data:
-                raise self._invalid("there is data after the end of the compressed stream")
-        return {"type": "http.request", "body": out, "more_body": more}
-
-    def _wbits(self, first: bytes) -> int:
-        if self._coding == "gzip":
-            return 16 + zlib.MAX_WBITS
-        # HTTP "deflate" is the zlib format, but many clients send a raw deflate stream:
-        # a zlib stream starts with a header whose 16-bit value is a multiple of 31.
-        if len(first) >= 2 and first[0] & 0x0F == 8 and (first[0] << 8 | first[1]) % 31 == 0:
-            return zlib.MAX_WBITS
-        return -zlib.MAX_WBITS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final
 
 import orjson
@@ -14,6 +15,7 @@ from ephemeral_broker.store import Store
 from ephemeral_broker.store.base import VersionMatch
 
 JSON: Final = "application/json"
+_JSON_BYTES: Final = JSON.encode()
 
 
 def store_of(request: Request) -> Store:
@@ -33,11 +35,41 @@ def metrics_of(request: Request) -> BrokerMetrics:
 
 def set_result(request: Request, result: str) -> None:
     """Name the outcome for ephemeral_broker_operations_total{result=...} (hit, miss, created…)."""
-    request.state.result = result
+    # Straight into the scope's state dict (what `request.state` wraps), set by BrokerMiddleware.
+    request.scope.setdefault("state", {})["result"] = result
+
+
+class JSONBytesResponse(Response):
+    """JSON already encoded to bytes, with the headers Starlette's Response would give it
+    (the route's own first, then Content-Length and Content-Type), built in one step."""
+
+    media_type = JSON
+
+    def __init__(
+        self,
+        body: bytes,
+        status_code: int = 200,
+        headers: Mapping[str, str] | None = None,
+        *,
+        version: int | None = None,
+    ) -> None:
+        """`version`: the key's version, sent as its ETag (`"<version>"`)."""
+        self.status_code = status_code
+        self.body = body
+        self.background = None
+        raw: list[tuple[bytes, bytes]] = []
+        if headers:
+            raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        if version is not None:
+            raw.append((b"etag", b'"%d"' % version))
+        if status_code >= 200 and status_code not in (204, 304):
+            raw.append((b"content-length", b"%d" % len(body)))
+        raw.append((b"content-type", _JSON_BYTES))
+        self.raw_headers = raw
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status, headers, media_type=JSON)
+    return JSONBytesResponse(orjson.dumps(body), status, headers)
 
 
 def etag(version: int) -> str:

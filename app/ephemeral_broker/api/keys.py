@@ -10,7 +10,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from ephemeral_broker.api import paths  # noqa: F401  (registers the `name` path convertor)
 from ephemeral_broker.api.body import openapi_body, read_model
 from ephemeral_broker.api.deps import (
-    JSON,
+    JSONBytesResponse,
     etag,
     json_response,
     parse_etags,
@@ -19,6 +19,7 @@ from ephemeral_broker.api.deps import (
     store_of,
 )
 from ephemeral_broker.api.responses import COMMON, WITH_BODY, problems
+from ephemeral_broker.api.routing import LeanRoute
 from ephemeral_broker.api.waits import unless_draining
 from ephemeral_broker.errors import BrokerError, quote_name
 from ephemeral_broker.rules import MAX_WAIT_MS
@@ -34,8 +35,9 @@ from ephemeral_broker.schemas import (
     TouchResponse,
 )
 from ephemeral_broker.store import Item, Precondition
+from ephemeral_broker.store.base import NO_PRECONDITION
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"])
+router = APIRouter(prefix="/v1/keys", tags=["keys"], route_class=LeanRoute)
 
 MAX_LIST_LIMIT = 10_000
 MAX_VERSION = 2**63 - 1
@@ -48,6 +50,16 @@ def item_body(item: Item) -> bytes:
         item.value,
         item.version,
         item.expires_at,
+    )
+
+
+def conditions(if_match: str | None, if_none_match: str | None) -> Precondition:
+    """The write's preconditions from its headers (the shared empty one when none was sent)."""
+    if if_match is None and if_none_match is None:
+        return NO_PRECONDITION
+    return Precondition(
+        if_match=parse_etags(if_match, "If-Match"),
+        if_none_match=parse_etags(if_none_match, "If-None-Match"),
     )
 
 
@@ -108,25 +120,17 @@ async def set_key(
     ] = None,
 ) -> Response:
     payload = await read_model(request, SetKeyRequest)
-    precondition = Precondition(
-        if_match=parse_etags(if_match, "If-Match"),
-        if_none_match=parse_etags(if_none_match, "If-None-Match"),
-    )
+    precondition = conditions(if_match, if_none_match)
     # The one serialisation of the value: its size is checked on these bytes, they are stored
     # as they are, and GET returns them as they are (seed defect #10).
     encoded = orjson.dumps(payload.value)
     result = await store_of(request).set(key, encoded, payload.ttl_ms, precondition)
     meta = result.meta
     set_result(request, "created" if result.created else "replaced")
-    return json_response(
-        {
-            "key": meta.key,
-            "version": meta.version,
-            "expires_at": meta.expires_at,
-            "ttl_ms": meta.ttl_ms,
-        },
-        201 if result.created else 200,
-        {"ETag": etag(meta.version)},
+    body = {"key": meta.key, "version": meta.version, "expires_at": meta.expires_at,
+            "ttl_ms": meta.ttl_ms}  # fmt: skip
+    return JSONBytesResponse(
+        orjson.dumps(body), 201 if result.created else 200, version=meta.version
     )
 
 
@@ -187,14 +191,13 @@ async def get_key(
                 f"{wait_ms} ms for it)",
             )
         raise not_found(key)
-    headers = {"ETag": etag(item.version)}
     if after_version is not None and item.version <= after_version:
         set_result(request, "not_modified")
-        return Response(status_code=304, headers=headers)
+        return Response(status_code=304, headers={"ETag": etag(item.version)})
     set_result(request, "hit")
     if condition is not None and (condition == "*" or item.version in condition):
-        return Response(status_code=304, headers=headers)
-    return Response(item_body(item), 200, headers, media_type=JSON)
+        return Response(status_code=304, headers={"ETag": etag(item.version)})
+    return JSONBytesResponse(item_body(item), version=item.version)
 
 
 @router.delete(
@@ -211,9 +214,7 @@ async def delete_key(
         str | None, Header(description='Delete only if the key is at `"<version>"`.')
     ] = None,
 ) -> Response:
-    deleted = await store_of(request).delete(
-        key, Precondition(if_match=parse_etags(if_match, "If-Match"))
-    )
+    deleted = await store_of(request).delete(key, conditions(if_match, None))
     set_result(request, "deleted" if deleted else "absent")
     return json_response({"deleted": deleted})
 
@@ -231,7 +232,7 @@ async def delete_key(
 async def incr_key(key: str, request: Request) -> Response:
     payload = await read_model(request, IncrRequest, empty_is="{}")
     item = await store_of(request).incr(key, payload.by, payload.ttl_ms)
-    return Response(item_body(item), 200, {"ETag": etag(item.version)}, media_type=JSON)
+    return JSONBytesResponse(item_body(item), version=item.version)
 
 
 @router.post(
@@ -245,7 +246,5 @@ async def incr_key(key: str, request: Request) -> Response:
 async def touch_key(key: str, request: Request) -> Response:
     payload = await read_model(request, TouchRequest)
     meta = await store_of(request).touch(key, payload.ttl_ms)
-    return json_response(
-        {"key": meta.key, "version": meta.version, "expires_at": meta.expires_at},
-        headers={"ETag": etag(meta.version)},
-    )
+    body = {"key": meta.key, "version": meta.version, "expires_at": meta.expires_at}
+    return JSONBytesResponse(orjson.dumps(body), version=meta.version)

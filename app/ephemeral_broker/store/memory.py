@@ -186,6 +186,10 @@ class MemoryStore:
                 )
 
     def _ttl(self, ttl_ms: int | None, key: str, *, required: bool) -> int:
+        # A valid TTL (an int, not a bool, in 1..max_ttl) is the common case: taken as it is,
+        # without building the subject of resolve_ttl's error sentences first.
+        if type(ttl_ms) is int and 0 < ttl_ms <= self.limits.max_ttl:
+            return ttl_ms
         return resolve_ttl(
             ttl_ms,
             default_ms=self.limits.default_ttl,

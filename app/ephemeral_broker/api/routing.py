@@ -1,0 +1,306 @@
+"""`LeanRoute`, the broker's `APIRoute`: declared like any FastAPI route, cheap per request.
+
+FastAPI's own route handler re-reads every parameter's annotation on each request
+(`solve_dependencies` -> `request_params_to_args`: is it a sequence? a model? which alias?), wraps
+the call in two exit stacks and an exception-handling layer, and only then calls the endpoint.
+Our endpoints take only scalar path, query and header parameters plus the `Request`, and parse
+their bodies themselves (api/body.py), so none of that per-request discovery is needed: this
+route class answers those questions once, when the route is declared, and keeps a small plan
+("binder") of where each argument comes from. Per request it reads path, query and headers
+straight from the ASGI scope, validates each value that is present with the very field FastAPI
+built for it (same pydantic constraints, same error locations and messages), and calls the
+endpoint. Routes are declared as usual (`APIRouter(route_class=LeanRoute)`), so FastAPI still
+builds the OpenAPI description from the same parameters.
+
+A route using a feature the binder does not implement (dependencies, body parameters, cookies,
+list-valued or model-valued parameters, alias choices, sync endpoints) is refused when it is
+declared, never silently served differently from FastAPI.
+
+`RouteTable` is the dispatch side: the same routes, grouped by method, matched with their own
+path regexes in declaration order, so BrokerMiddleware can hand a request straight to its route
+(`route.respond`) instead of walking Starlette's router and FastAPI's included-router contexts.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import fastapi.routing
+from fastapi import params
+from fastapi._compat import (
+    ModelField,
+    field_annotation_is_sequence,
+    get_missing_field_error,
+    lenient_issubclass,
+)
+from fastapi.dependencies.utils import _get_param_aliases
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette._utils import get_route_path
+from starlette.convertors import Convertor
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope
+
+from ephemeral_broker.api.body import request_validation_failure
+from ephemeral_broker.errors import BrokerError, problem_headers, render_problem
+
+_IMMUTABLE: Final = (type(None), bool, int, float, str, bytes)
+Endpoint = Callable[..., Coroutine[Any, Any, Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Param:
+    """One scalar parameter: where it is read, and how it is validated."""
+
+    name: str  # the endpoint's argument
+    key: str  # the name in the request (a header's lower-case name)
+    loc: tuple[str, str]  # where an error points: ("query", "wait_ms")
+    field: ModelField
+    required: bool
+    default: Any
+    # A plain `str` parameter without constraints: pydantic would return the value as it is.
+    plain: bool
+
+    def take(self, raw: str | None, values: dict[str, Any], errors: list[Any]) -> None:
+        """FastAPI's rule for one parameter: absent -> default (or `missing`), else validate."""
+        if raw is None:
+            if self.required:
+                errors.append(get_missing_field_error(loc=self.loc))
+                return
+            default = self.default
+            if not isinstance(default, _IMMUTABLE):
+                default = copy.deepcopy(default)
+            if not self.field.field_info.validate_default:
+                values[self.name] = default
+                return
+            raw = default
+        if self.plain:
+            values[self.name] = raw
+            return
+        value, problems = self.field.validate(raw, values, loc=self.loc)
+        if problems:
+            errors.extend(problems)
+        else:
+            values[self.name] = value
+
+
+def _compile(field: ModelField, where: str) -> _Param:
+    info = field.field_info
+    if not isinstance(info, params.Path | params.Query | params.Header):
+        raise TypeError(f"LeanRoute: parameter {field.name!r} is not a path/query/header one")
+    aliases = _get_param_aliases(field)
+    if len(aliases) != 1:
+        raise TypeError(f"LeanRoute: parameter {field.name!r} has alias choices")
+    annotation = info.annotation
+    if field_annotation_is_sequence(annotation) or lenient_issubclass(annotation, BaseModel):
+        raise TypeError(f"LeanRoute: parameter {field.name!r} takes several values")
+    key = aliases[0][1]
+    return _Param(
+        name=field.name,
+        key=key.lower() if where == "header" else key,
+        loc=(where, key),
+        field=field,
+        required=info.is_required(),
+        default=field.default,
+        plain=info.annotation is str and not info.metadata,
+    )
+
+
+def _plain_defaults(params: tuple[_Param, ...]) -> dict[str, Any] | None:
+    """The arguments when none of `params` was sent, if that needs no work per request: each
+    optional, its default immutable and not validated (else None: `_Param.take` decides)."""
+    if not all(
+        not p.required
+        and isinstance(p.default, _IMMUTABLE)
+        and not p.field.field_info.validate_default
+        for p in params
+    ):
+        return None
+    return {p.name: p.default for p in params}
+
+
+class LeanRoute(APIRoute):
+    """An APIRoute whose per-request work is planned once, when the route is declared."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        dependant = self.dependant
+        unsupported = [
+            what
+            for what, present in (
+                ("dependencies", dependant.dependencies),
+                ("body parameters", dependant.body_params),
+                ("cookie parameters", dependant.cookie_params),
+                ("a Response parameter", dependant.response_param_name),
+                ("BackgroundTasks", dependant.background_tasks_param_name),
+                ("a WebSocket", dependant.websocket_param_name),
+                ("an HTTPConnection", dependant.http_connection_param_name),
+                ("security scopes", dependant.security_scopes_param_name),
+            )
+            if present
+        ]
+        if unsupported or not inspect.iscoroutinefunction(endpoint):
+            why = ", ".join(unsupported) or "a sync endpoint"
+            raise TypeError(f"LeanRoute {self.name!r} cannot serve {why}; use APIRoute")
+        self._call: Endpoint = endpoint
+        self._path_params = tuple(_compile(f, "path") for f in dependant.path_params)
+        self._query_params = tuple(_compile(f, "query") for f in dependant.query_params)
+        self._header_params = tuple(_compile(f, "header") for f in dependant.header_params)
+        self._header_keys = {p.key.encode("latin-1"): p for p in self._header_params}
+        self._request_name = dependant.request_param_name
+        self._query_defaults = _plain_defaults(self._query_params)
+        self._header_defaults = _plain_defaults(self._header_params)
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The handler FastAPI's router wraps (`request_response`) for this route.
+
+        Called by `APIRoute.__init__` and again for each router inclusion; an inclusion that
+        adds dependencies (`include_router(..., dependencies=...)`) would need FastAPI's own
+        solver, so it is refused here rather than ignored.
+        """
+        context = getattr(fastapi.routing, "_effective_route_context_var", None)
+        included = context.get() if context is not None else None
+        if (
+            included is not None
+            and getattr(included, "original_route", None) is self
+            and included.dependant.dependencies
+        ):
+            raise TypeError(f"LeanRoute {self.name!r} cannot serve included dependencies")
+        return self.handle_request
+
+    async def handle_request(self, request: Request) -> Response:
+        return await self._call(**self.bind(request.scope, request))
+
+    def bind(self, scope: Scope, request: Request) -> dict[str, Any]:
+        """The endpoint's arguments from the scope, or a 422 validation_error with them all."""
+        values: dict[str, Any] = {}
+        errors: list[Any] = []
+        if self._path_params:
+            path_params: Mapping[str, Any] = scope["path_params"]
+            for param in self._path_params:
+                raw = path_params.get(param.key)
+                if param.plain and raw is not None:
+                    values[param.name] = raw  # a plain str: nothing to validate
+                else:
+                    param.take(raw, values, errors)
+        if self._query_params:
+            query: bytes = scope.get("query_string", b"")
+            if query:
+                # Starlette's own parser: the last of repeated names wins, as in FastAPI.
+                found = QueryParams(query)
+                for param in self._query_params:
+                    param.take(found.get(param.key), values, errors)
+            elif self._query_defaults is not None:
+                values.update(self._query_defaults)  # nothing sent: every default as it is
+            else:
+                for param in self._query_params:
+                    param.take(None, values, errors)
+        if self._header_params:
+            headers: dict[str, str] = {}
+            wanted = self._header_keys
+            for name, value in scope["headers"]:
+                header = wanted.get(name)
+                # The first of repeated headers wins, as in Starlette's Headers.get.
+                if header is not None and header.name not in headers:
+                    headers[header.name] = value.decode("latin-1")
+            if headers or self._header_defaults is None:
+                for param in self._header_params:
+                    param.take(headers.get(param.name), values, errors)
+            else:
+                values.update(self._header_defaults)
+        if errors:
+            raise request_validation_failure(errors)
+        if self._request_name is not None:
+            values[self._request_name] = request
+        return values
+
+    async def respond(self, scope: Scope, receive: Receive) -> Response:
+        """The route's answer, for BrokerMiddleware to send: FastAPI's handler minus its
+        layers (exit stacks for dependencies with yield, of which these routes have none; the
+        exception-handler lookup, where the only exception to turn into an answer is ours)."""
+        request = Request(scope, receive)
+        try:
+            return await self._call(**self.bind(scope, request))
+        except BrokerError as error:
+            body = render_problem(scope, error)
+            response = Response(body, error.status)
+            response.raw_headers = problem_headers(error, body)
+            return response
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    route: LeanRoute
+    match: Callable[[str], Any]  # the route's compiled path regex
+    convertors: Mapping[str, Convertor[Any]]
+
+
+class RouteTable:
+    """Method + path -> route, exactly as the router would choose among these routes.
+
+    Starlette's router takes the first route, in declaration order, whose path regex matches
+    and whose methods include the request's; so does this, over the routes of one method only.
+    The paths of routes without parameters (/v1/ping, /v1/keys, ...) are looked up in a dict
+    whose answers were found that same way when the table was built. A path nothing here
+    serves (404, 405, /openapi.json) goes on to the FastAPI router.
+    """
+
+    def __init__(self, routes: Iterable[Any]) -> None:
+        by_method: dict[str, list[_Candidate]] = {}
+        static_paths: set[str] = set()
+        for route in routes:
+            if not isinstance(route, LeanRoute):
+                continue
+            candidate = _Candidate(route, route.path_regex.match, route.param_convertors)
+            for method in route.methods or ():
+                by_method.setdefault(method, []).append(candidate)
+            if not route.param_convertors:
+                static_paths.add(route.path)
+        self._by_method: dict[str, Sequence[_Candidate]] = {
+            method: tuple(candidates) for method, candidates in by_method.items()
+        }
+        # method -> {path: what _search finds there}
+        self._static: dict[str, dict[str, tuple[LeanRoute, dict[str, Any]]]] = {}
+        for method in self._by_method:
+            for path in static_paths:
+                found = self._search(method, path)
+                if found is not None:
+                    self._static.setdefault(method, {})[path] = found
+
+    def find(self, scope: Scope) -> tuple[LeanRoute, dict[str, Any]] | None:
+        method: str = scope["method"]
+        path = scope["path"] if not scope.get("root_path") else get_route_path(scope)
+        static = self._static.get(method)
+        known = static.get(path) if static is not None else None
+        if known is not None:
+            route, path_params = known
+            return route, dict(path_params)  # a fresh dict: the scope's to change
+        return self._search(method, path)
+
+    def _search(self, method: str, path: str) -> tuple[LeanRoute, dict[str, Any]] | None:
+        for candidate in self._by_method.get(method, ()):
+            match = candidate.match(path)
+            if match is not None:
+                convertors = candidate.convertors
+                path_params = {
+                    name: convertors[name].convert(value)
+                    for name, value in match.groupdict().items()
+                }
+                return candidate.route, path_params
+        return None
+
+    @staticmethod
+    def enter(scope: Scope, found: tuple[LeanRoute, dict[str, Any]]) -> LeanRoute:
+        """What the router does with a full match before it calls the route: the scope keys
+        (`route` names the operation in the metrics). The caller then awaits `route.respond`."""
+        route, path_params = found
+        scope["endpoint"] = route.endpoint
+        scope["path_params"] = path_params
+        scope["route"] = route
+        return route

@@ -1,0 +1,174 @@
+"""The broker's server CPU per request against its floor, measured side by side in one run.
+
+The floor is a raw ASGI app (bench/baseline.py) on the broker's own uvicorn configuration: the
+least any app on this server can cost per request (the HTTP parser, the event loop, the socket).
+The broker and the floor each get the very same request bytes over one keep-alive connection from
+a plain-socket HTTP/1.1 client, so neither the client library nor the key names differ between
+the two. Rounds alternate between the two servers, so that a burst of load from elsewhere on a
+shared machine falls on both; each operation's CPU figures are the medians of its rounds, and
+its ratio the median of the rounds' ratios.
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from bench.harness import ServerProcess, start_baseline, start_broker
+
+# The operations measured, in the order they are printed.
+OPERATIONS: Final = ("get", "put", "delete", "incr", "ping")
+VALUE_100B: Final = b'"' + b"v" * 98 + b'"'  # 100 bytes of canonical JSON
+TTL_MS: Final = 600_000
+
+
+def _request(method: str, target: str, body: bytes | None = None) -> bytes:
+    head = f"{method} {target} HTTP/1.1\r\nHost: localhost\r\n"
+    if body is None:
+        return (head + "\r\n").encode()
+    head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+def _put(key: str) -> bytes:
+    return _request("PUT", f"/v1/keys/{key}", b'{"value":%b,"ttl_ms":%d}' % (VALUE_100B, TTL_MS))
+
+
+# operation -> request for the i-th call (a DELETE removes a key that exists: del0, del1, ...).
+REQUESTS: Final[dict[str, Callable[[int], bytes]]] = {
+    "get": lambda i: _request("GET", "/v1/keys/hit"),
+    "put": lambda i: _put("put"),
+    "delete": lambda i: _request("DELETE", f"/v1/keys/del{i}"),
+    "incr": lambda i: _request("POST", "/v1/keys/counter/incr", b'{"by":1,"ttl_ms":%d}' % TTL_MS),
+    "ping": lambda i: _request("GET", "/v1/ping"),
+}
+# What each measured request must answer, so that a broken route cannot look cheap.
+EXPECTED_STATUS: Final = {"get": 200, "put": 200, "delete": 200, "incr": 200, "ping": 200}
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection over a Unix socket; bodies by Content-Length."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(str(path))
+        self.buffer = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def call(self, request: bytes) -> int:
+        """Send `request`, read its whole response, return the status code."""
+        self.sock.sendall(request)
+        while b"\r\n\r\n" not in self.buffer:
+            self._fill()
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(rest) < length:
+            rest += self._recv()
+        self.buffer = rest[length:]
+        return status
+
+    def _fill(self) -> None:
+        self.buffer += self._recv()
+
+    def _recv(self) -> bytes:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        return data
+
+
+@dataclass
+class _Side:
+    server: ServerProcess
+    conn: RawConnection
+    next_delete: int = 0
+
+    def run(self, operation: str, count: int) -> float:
+        """Server CPU µs per request over `count` requests of `operation`."""
+        make = REQUESTS[operation]
+        first = self.next_delete if operation == "delete" else 0
+        requests = [make(first + i) for i in range(count)]  # built before the clock starts
+        if operation == "delete":
+            self.next_delete += count
+        expected = EXPECTED_STATUS[operation]
+        cpu0 = self.server.cpu_seconds()
+        for request in requests:
+            status = self.conn.call(request)
+            if status != expected:
+                raise RuntimeError(f"{operation}: status {status}, expected {expected}")
+        return (self.server.cpu_seconds() - cpu0) / count * 1e6
+
+
+def _prepare(side: _Side, deletes: int) -> None:
+    """The key a GET hits, the key PUTs replace and the keys the DELETEs remove, made before
+    anything is measured."""
+    for request in (_put("hit"), _put("put"), *(_put(f"del{i}") for i in range(deletes))):
+        status = side.conn.call(request)
+        if status not in (200, 201):
+            raise RuntimeError(f"preparing the floor benchmark: status {status}")
+
+
+def measure(count: int, rounds: int, operations: tuple[str, ...] = OPERATIONS) -> dict[str, Any]:
+    """Per operation: the broker's and the floor's server CPU µs per request and their ratio."""
+    warmup = min(200, count)
+    with start_broker("--max-items", "0") as broker_server, start_baseline() as floor_server:
+        sides = {
+            "broker": _Side(broker_server, RawConnection(broker_server.socket)),
+            "floor": _Side(floor_server, RawConnection(floor_server.socket)),
+        }
+        try:
+            _prepare(sides["broker"], (rounds + 1) * count + warmup)
+            samples: dict[str, dict[str, list[float]]] = {
+                op: {"broker": [], "floor": []} for op in operations
+            }
+            for side in sides.values():
+                for op in operations:
+                    side.run(op, warmup)
+            for _ in range(rounds):
+                for op in operations:
+                    for name, side in sides.items():
+                        samples[op][name].append(side.run(op, count))
+        finally:
+            for side in sides.values():
+                side.conn.close()
+    results: dict[str, Any] = {"requests_per_round": count, "rounds": rounds}
+    for op in operations:
+        broker, bare = samples[op]["broker"], samples[op]["floor"]
+        # The ratio of each round's two halves, measured a moment apart, then the median of
+        # those: load from elsewhere that drifts over the run weighs on both halves alike.
+        ratios = [b / f for b, f in zip(broker, bare, strict=True)]
+        results[op] = {
+            "broker_cpu_us": round(statistics.median(broker), 1),
+            "floor_cpu_us": round(statistics.median(bare), 1),
+            "ratio": round(statistics.median(ratios), 2),
+        }
+    return results
+
+
+def render(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "Server CPU per request against the floor (a raw ASGI app on the same uvicorn; same "
+        f"request bytes, one keep-alive connection; median of {results['rounds']} rounds of "
+        f"{results['requests_per_round']})",
+        f"{'operation':<10} {'broker µs':>10} {'floor µs':>10} {'ratio':>7}",
+    ]
+    for op in OPERATIONS:
+        if op in results:
+            row = results[op]
+            lines.append(
+                f"{op:<10} {row['broker_cpu_us']:>10.1f} {row['floor_cpu_us']:>10.1f} "
+                f"{row['ratio']:>6.2f}x"
+            )
+    return lines
