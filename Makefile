@@ -14,7 +14,7 @@ BASE_IMAGE ?=
 WHEELHOUSE_TARGET ?=
 DOCKER ?= docker
 
-.PHONY: help install lock dist wheelhouse image image-test demo test lint typecheck pytest openapi bench bench-quick clean
+.PHONY: help install lock dist wheelhouse image image-test demo test lint typecheck services pytest openapi bench bench-quick clean
 
 help:
 	@echo "make demo       set up, then run the demo: workers share a token and lease unique slots"
@@ -85,7 +85,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# redis-server and prometheus for the tests that run them for real (installed as root when
+# missing; elsewhere those tests skip, naming what is missing, except under CI=true).
+services:
+	@bash .ci/install-services
+
+pytest: $(STAMP) services
 	$(BIN)/pytest -n 2
 
 test: lint typecheck pytest

@@ -47,6 +47,23 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Any]:
+    """The test worker's redis-server (tests/redis_helpers.py; imported only when used, since
+    some tests copy this conftest into a directory where `tests` is not importable)."""
+    from tests.redis_helpers import run_redis_server
+
+    yield from run_redis_server()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    """The URL of the worker's redis-server, started again if a test stopped it."""
+    from tests.redis_helpers import ensure_running
+
+    return ensure_running(redis_server)
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()

@@ -6,6 +6,7 @@ the `examples/pytest-xdist` project copied and run as a user would."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -25,8 +26,12 @@ import pytest
 # run in a subprocess: httpx imports httpcore only on first use, with the same effect.
 import ephemeral_broker_client._pytest_broker
 import ephemeral_broker_client._pytest_fixtures  # noqa: F401
+from ephemeral_broker.settings import BrokerSettings
+from ephemeral_broker.store.base import StoreLimits
+from ephemeral_broker.store.redis import RedisStore
 from ephemeral_broker_client.pytest_plugin import once_fixture
 from tests.conftest import BrokerProcess, wait_until
+from tests.redis_helpers import fresh_namespace
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT = 120.0
@@ -427,6 +432,8 @@ def test_help_lists_the_options_in_one_group(pytester: pytest.Pytester) -> None:
             "  --broker-max-leases=N*",
             "  --broker-max-value-size=BYTES*",
             "  --broker-log-level=LEVEL*",
+            "  --broker-store=URL*",
+            "  --broker-namespace=NAME*",
             "  --broker-auth *",
             "  --broker-start-timeout=SECONDS*",
             "  --broker-key-ttl=MS *",
@@ -650,3 +657,39 @@ def test_a_disabled_plugin_does_not_import_the_client() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout
     assert output.strip() == "[]"
+
+
+def test_the_plugin_points_its_broker_at_redis_by_option_or_ini(
+    pytester: pytest.Pytester, private_tmpdir: Path, redis_url: str
+) -> None:
+    pytester.makepyfile(
+        test_shared="""
+        def test_state_lives_in_redis(broker):
+            stats = broker.stats()
+            assert stats["store"] == "redis", stats
+            broker.set("seen-by-every-host", 1, ttl_ms=60_000)
+        """
+    )
+    namespace = fresh_namespace()
+    by_option = pytester.runpytest_subprocess(
+        "--broker", "--broker-store", redis_url, "--broker-namespace", namespace,
+        timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    by_option.assert_outcomes(passed=1)
+    pytester.makeini(
+        f"[pytest]\nbroker = true\nbroker_store = {redis_url}\nbroker_namespace = {namespace}\n"
+    )
+    by_ini = pytester.runpytest_subprocess(timeout=RUN_TIMEOUT)
+    by_ini.assert_outcomes(passed=1)
+    # Both runs used the same namespace, and what they stored outlives their brokers.
+
+    async def read_back() -> bytes | None:
+        store = RedisStore(StoreLimits.from_settings(BrokerSettings()), redis_url, namespace)
+        await store.start()
+        try:
+            item = await store.get("seen-by-every-host")
+            return None if item is None else item.value
+        finally:
+            await store.close()
+
+    assert asyncio.run(read_back()) == b"1"

@@ -41,7 +41,7 @@ def test_defaults_match_the_spec() -> None:
         "idle_timeout": 0, "heartbeat_interval": 0, "drain_timeout": 5000, "secret": None,
         "log_level": "info", "log_format": "text", "access_log": False,
         "keep_alive_timeout": 30_000, "head_timeout": 10_000, "body_timeout": 10_000,
-        "max_connections": 1000, "metrics_listen": None,
+        "max_connections": 1000, "store": "memory", "namespace": "default", "metrics_listen": None,
     }  # fmt: skip
 
 

@@ -69,6 +69,10 @@ def _metavar(name: str) -> str:
         return "MODE"
     if name == "metrics_listen":
         return "HOST:PORT"
+    if name == "store":
+        return "URL"
+    if name == "namespace":
+        return "NAME"
     if name in ("log_level", "log_format"):
         return name.split("_")[1].upper()
     return (

@@ -38,6 +38,7 @@ ErrorCode = Literal[
     "max_items",
     "max_leases",
     "internal_error",
+    "store_unavailable",
 ]
 
 # code -> (status, title)
@@ -69,6 +70,9 @@ ERRORS: Final[Mapping[str, tuple[int, str]]] = {
     "max_items": (507, "Store is full"),
     "max_leases": (507, "Lease table is full"),
     "internal_error": (500, "Internal error"),
+    # The shared store (Redis) did not answer in time or refused the connection: the request
+    # may or may not have been applied, and the broker did not retry it.
+    "store_unavailable": (503, "Store unavailable"),
 }
 
 PROBLEM_CONTENT_TYPE: Final = "application/problem+json"

@@ -39,7 +39,8 @@ from ephemeral_broker.schemas import (
     TouchRequest,
 )
 from ephemeral_broker.settings import BrokerSettings
-from ephemeral_broker.store import MemoryStore, Store, StoreLimits
+from ephemeral_broker.store import Store
+from ephemeral_broker.store.select import make_store
 
 NO_TELEMETRY: TelemetryConfig = {
     "tracing": False,
@@ -131,6 +132,8 @@ async def _sweep_forever(store: Store, interval_ms: int) -> None:
         await asyncio.sleep(interval_ms / 1000)
         try:
             await store.sweep()
+        except BrokerError as exc:  # the shared store is down: say so, without a traceback
+            logger.warning("sweep skipped: %s", exc.detail)
         except Exception:
             logger.exception("sweeper failed; it keeps running")
 
@@ -167,7 +170,7 @@ def create_app(
     clock = clock or SystemClock()
     if store is None:
         watch = CapacityWatch(settings.max_items) if settings.max_items else None
-        store = MemoryStore(StoreLimits.from_settings(settings), clock, on_items_changed=watch)
+        store = make_store(settings, clock, on_items_changed=watch)
     runtime = Runtime(version=__version__)
     metrics = BrokerMetrics(__version__)
 

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from ephemeral_broker.store import StoreStats
+from ephemeral_broker.store.base import MEMORY_STATUS, StoreStatus
 
 # The `*_created` timestamp series double the exposition and nobody graphs them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -45,6 +46,7 @@ class ScrapeSnapshot:
     store: StoreStats
     in_flight: int
     draining: bool
+    status: StoreStatus = MEMORY_STATUS
 
 
 class _StateCollector(Collector):
@@ -71,6 +73,22 @@ class _StateCollector(Collector):
         )
         build.add_metric([self.version], 1)
         yield build
+        status = snap.status
+        info = GaugeMetricFamily(
+            f"{PREFIX}_store_info",
+            "Which store holds the state (memory or redis) and its namespace; always 1.",
+            labels=["store", "namespace"],
+        )
+        info.add_metric([status.kind, status.namespace or ""], 1)
+        yield info
+        yield _gauge(
+            "store_available", "1 while the store answers (always 1 for memory).", status.available
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_store_resets",
+            "Times the shared store (Redis) was found to have lost the namespace.",
+            value=status.resets,
+        )
         expired = CounterMetricFamily(
             f"{PREFIX}_expired", "Entries reclaimed after their TTL.", labels=["type"]
         )

@@ -37,7 +37,8 @@ from ephemeral_broker.errors import ERRORS, PROBLEM_CONTENT_TYPE, RETRY_AFTER_SE
 from ephemeral_broker.listen_address import ListenAddress
 from ephemeral_broker.metrics import BrokerMetrics, ScrapeSnapshot
 from ephemeral_broker.runtime import Runtime
-from ephemeral_broker.store import Store
+from ephemeral_broker.store import Store, store_status
+from ephemeral_broker.store.select import check_store
 
 ROUTES: Final = ("/metrics", "/healthz", "/readyz")
 ALLOWED_METHODS: Final = "GET, HEAD"
@@ -116,12 +117,17 @@ class MetricsEndpoints:
                 store=await self.store.stats(),
                 in_flight=self.runtime.in_flight,
                 draining=self.runtime.draining,
+                status=store_status(self.store),
             )
             body = self.metrics.render(snapshot)
             await _respond(send, 200, CONTENT_TYPE_LATEST, body, rid, method)
         elif path == "/readyz" and self.runtime.draining:
             headers = {"retry-after": RETRY_AFTER_SECONDS}
             await _problem(send, "draining", "the broker is shutting down", rid, method, headers)
+        elif path == "/readyz" and not (store := await check_store(self.store)).available:
+            headers = {"retry-after": RETRY_AFTER_SECONDS}
+            detail = f"the shared store is unavailable: {store.reason}"
+            await _problem(send, "store_unavailable", detail, rid, method, headers)
         else:
             status = "ok" if path == "/healthz" else "ready"
             body = orjson.dumps({"status": status})

@@ -90,3 +90,27 @@ def check_wait_ms(wait_ms: int, what: str, name: str) -> None:
             f"wait_ms of {what} {quote_name(name)} is {wait_ms!r}; it must be an integer from 0 "
             f"to {MAX_WAIT_MS}",
         )
+
+
+MAX_NAMESPACE_BYTES: Final = 64
+
+
+def check_namespace(namespace: str) -> None:
+    """A namespace (of a Redis store) is a name by the key rules, 1 to 64 bytes, without
+    braces: it becomes the Redis Cluster hash tag `{namespace}`. Raises ValueError."""
+    try:
+        check_name(namespace, MAX_NAMESPACE_BYTES, what="namespace")
+    except BrokerError as exc:
+        raise ValueError(exc.detail) from None
+    if "{" in namespace or "}" in namespace:
+        raise ValueError(
+            f"namespace {namespace!r} contains a brace; it may not contain '{{' or '}}'"
+        )
+
+
+def redact_url(url: str) -> str:
+    """A store URL as logs, errors and health output show it: without its password."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"

@@ -105,12 +105,28 @@ class KeyListResponse(BaseModel):
     keys: list[KeyInfoModel]
 
 
+class StoreModel(BaseModel):
+    """The store that holds the state; only a shared (Redis) store adds this to the probes."""
+
+    kind: Literal["memory", "redis"]
+    namespace: str | None = Field(description="The Redis namespace; null for memory.")
+    available: bool = Field(description="False while Redis does not answer.")
+    reason: str | None = Field(description="Why the store is unavailable, when it is.")
+    resets: int = Field(
+        description="Times Redis was found to have lost the namespace (a restart without "
+        "persistence); versions and fencing tokens never repeat across one."
+    )
+    last_reset_ms: int | None = Field(description="When the last such loss was detected.")
+
+
 class LivenessResponse(BaseModel):
     status: Literal["ok"] = "ok"
+    store: StoreModel | None = Field(default=None, description="Only with a Redis store.")
 
 
 class ReadinessResponse(BaseModel):
     status: Literal["ready"] = "ready"
+    store: StoreModel | None = Field(default=None, description="Only with a Redis store.")
 
 
 class CapacityModel(BaseModel):
@@ -132,6 +148,7 @@ class ConnectionsModel(BaseModel):
 
 class HealthResponse(BaseModel):
     status: Literal["healthy", "degraded", "draining"]
+    store: StoreModel
     uptime_ms: int
     capacity: CapacityModel
     memory: MemoryModel
@@ -145,6 +162,9 @@ class StatsResponse(BaseModel):
     approx_store_bytes: int = Field(
         description="Key and stored value bytes (compressed size when compressed) plus a fixed "
         "per-entry overhead estimate; an approximation, not an RSS reading."
+    )
+    store: Literal["memory", "redis"] = Field(
+        description="Which store holds the state; with redis the counts are namespace-wide."
     )
     uptime_ms: int
     requests_total: int

@@ -23,6 +23,7 @@ from typing import Any, Final, TypeVar
 
 import uvicorn
 
+from ephemeral_broker.errors import BrokerError
 from ephemeral_broker.http_protocol import (
     MAX_HEAD_BYTES,
     BrokerHttpProtocol,
@@ -37,6 +38,7 @@ from ephemeral_broker.metrics_listener import (
     bind_metrics_socket,
     describe_bind_error,
 )
+from ephemeral_broker.rules import redact_url
 from ephemeral_broker.runtime import Runtime
 from ephemeral_broker.settings import (
     BrokerSettings,
@@ -44,6 +46,8 @@ from ephemeral_broker.settings import (
     check_default_socket_fits,
     check_socket_path_length,
 )
+from ephemeral_broker.store import Store, StoreStats, close_store, open_store
+from ephemeral_broker.store.base import NamespaceConflict
 from ephemeral_broker.unix_socket import new_private_socket_path, socket_answers
 
 HANDLED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
@@ -417,8 +421,15 @@ async def serve(
         app, drain_timeout_ms=settings.drain_timeout, limits=connection_limits(settings)
     )
     listening: list[BoundSocket] = []
+    # Joined before anything listens: a broker that disagrees with its namespace, or cannot
+    # reach Redis, stops start-up (exit 2) before a socket exists.
+    await _open_shared_store(settings, app.state.store)
     # Bound before the Unix socket: a taken port stops start-up before anything else exists.
-    metrics_listener = _metrics_listener(settings, app)
+    try:
+        metrics_listener = _metrics_listener(settings, app)
+    except BaseException:
+        await close_store(app.state.store)
+        raise
 
     def ready() -> None:
         path = listening[0].path
@@ -428,6 +439,9 @@ async def serve(
             "version": runtime.version,
             "auth": "on" if settings.auth_enabled else "off",
         }
+        if settings.store != "memory":
+            fields["store"] = redact_url(settings.store)
+            fields["namespace"] = settings.namespace
         if metrics_listener is not None:
             fields["metrics"] = str(metrics_listener.address)
         logger.info("broker ready", extra={"fields": fields})
@@ -454,7 +468,13 @@ async def serve(
         if unsubscribe is not None:
             unsubscribe()
     code = 1 if server.forced else 0
-    stats = await app.state.store.stats()
+    try:
+        stats = await app.state.store.stats()
+    except BrokerError as exc:  # the shared store is down; the broker still stops cleanly
+        logger.warning("store counts unavailable at stop: %s", exc.detail)
+        stats = StoreStats(0, 0, 0, 0, 0, 0, 0, 0)
+    finally:
+        await close_store(app.state.store)
     logger.info(
         "broker stopped",
         extra={
@@ -468,6 +488,17 @@ async def serve(
         },
     )
     return code
+
+
+async def _open_shared_store(settings: BrokerSettings, store: Store) -> None:
+    try:
+        await open_store(store)
+    except NamespaceConflict as exc:
+        await close_store(store)
+        raise StartupError(f"{exc} (--{exc.setting.replace('_', '-')})") from None
+    except BrokerError as exc:
+        await close_store(store)
+        raise StartupError(f"cannot use store {redact_url(settings.store)}: {exc.detail}") from None
 
 
 def _metrics_listener(settings: BrokerSettings, app: Any) -> MetricsListener | None:

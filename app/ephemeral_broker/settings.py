@@ -27,6 +27,7 @@ from ephemeral_broker.listen_address import (
     MetricsListenError,
     parse_listen_address,
 )
+from ephemeral_broker.rules import check_namespace
 from ephemeral_broker.unix_socket import (
     DEFAULT_SOCKET_DIR_PREFIX,
     DEFAULT_SOCKET_NAME,
@@ -157,6 +158,15 @@ class BrokerSettings(BaseSettings):
         default=1_000,
         description="Connections at once; one more is refused with 503 too_many_connections.",
     )
+    store: str = Field(
+        default="memory",
+        description="Where state lives: memory (this process), or a Redis URL (redis://, "
+        "rediss://, unix://) shared by the brokers of several hosts.",
+    )
+    namespace: str = Field(
+        default="default",
+        description="With a Redis store: the namespace whose keys and leases this broker shares.",
+    )
     metrics_listen: str | None = Field(
         default=None,
         description="Also serve GET /metrics, /healthz and /readyz (nothing else) over TCP on "
@@ -195,6 +205,22 @@ class BrokerSettings(BaseSettings):
     @classmethod
     def _lowercase(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, value: str) -> str:
+        value = value.strip()
+        if value == "memory" or value.startswith(("redis://", "rediss://", "unix://")):
+            return value
+        raise ValueError(
+            "store must be memory, or a Redis URL starting with redis://, rediss:// or unix://"
+        )
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_name(cls, value: str) -> str:
+        check_namespace(value)
+        return value
 
     @field_validator("metrics_listen")
     @classmethod

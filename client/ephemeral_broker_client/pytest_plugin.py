@@ -66,6 +66,11 @@ _BROKER_SETTINGS: Final = (
     ("log-level", "--log-level", "LEVEL",
      "the broker's log level: debug, info, warning, error (default: warning); its log lines "
      "are shown at the end of the run"),
+    ("store", "--store", "URL",
+     "keep the broker's state in Redis (redis://, rediss:// or unix:// URL) instead of in its "
+     "memory, shared with brokers of other hosts (default: memory)"),
+    ("namespace", "--namespace", "NAME",
+     "with --broker-store: the Redis namespace to share (broker default: default)"),
 )  # fmt: skip
 
 

@@ -24,6 +24,8 @@ from ephemeral_broker.schemas import (
     ReadinessResponse,
     StatsResponse,
 )
+from ephemeral_broker.store import StoreStatus, store_status
+from ephemeral_broker.store.select import check_store
 
 router = APIRouter(tags=["system"], route_class=LeanRoute)
 
@@ -42,21 +44,43 @@ def rss_bytes() -> int:
 
 @router.get("/healthz", name="system.healthz", summary="Liveness (no auth)",
             response_model=LivenessResponse)  # fmt: skip
-async def healthz() -> Response:
-    return json_response({"status": "ok"})
+async def healthz(request: Request) -> Response:
+    # Liveness: 200 while the process serves, even when a shared store is down (restarting
+    # the broker would not bring Redis back); the body says why it would not be ready.
+    status = store_status(store_of(request))
+    if status.kind == "memory":
+        return json_response({"status": "ok"})
+    return json_response({"status": "ok", "store": _store_fields(status)})
+
+
+def _store_fields(status: StoreStatus) -> dict[str, object]:
+    return {
+        "kind": status.kind,
+        "namespace": status.namespace,
+        "available": status.available,
+        "reason": status.reason,
+        "resets": status.resets,
+        "last_reset_ms": status.last_reset_ms,
+    }
 
 
 @router.get(
     "/readyz",
     name="system.readyz",
-    summary="Readiness (no auth): 503 once shutdown began",
+    summary="Readiness (no auth): 503 once shutdown began, or while a shared store is down",
     response_model=ReadinessResponse,
-    responses=problems("draining"),
+    responses=problems("draining", "store_unavailable"),
 )
 async def readyz(request: Request) -> Response:
     if runtime_of(request).draining:
         raise BrokerError("draining", "the broker is shutting down")
-    return json_response({"status": "ready"})
+    store = store_of(request)
+    status = await check_store(store)
+    if status.kind == "memory":
+        return json_response({"status": "ready"})
+    if not status.available:
+        raise BrokerError("store_unavailable", f"the shared store is unavailable: {status.reason}")
+    return json_response({"status": "ready", "store": _store_fields(status)})
 
 
 @router.get("/v1/health", name="system.health", summary="Health, capacity, memory",
@@ -73,6 +97,7 @@ async def health(request: Request) -> Response:
     return json_response(
         {
             "status": status,
+            "store": _store_fields(store_status(store_of(request))),
             "uptime_ms": runtime.uptime_ms(),
             "capacity": {
                 "items": stats.items,
@@ -99,6 +124,7 @@ async def stats(request: Request) -> Response:
             "leases": store_stats.leases,
             "pools": store_stats.pools,
             "approx_store_bytes": store_stats.approx_store_bytes,
+            "store": store_status(store_of(request)).kind,
             "uptime_ms": runtime.uptime_ms(),
             "requests_total": runtime.requests_total,
             "version": runtime.version,
@@ -128,5 +154,6 @@ async def metrics(request: Request) -> Response:
         store=await store_of(request).stats(),
         in_flight=runtime.in_flight,
         draining=runtime.draining,
+        status=store_status(store_of(request)),
     )
     return Response(metrics_of(request).render(snapshot), media_type=CONTENT_TYPE_LATEST)

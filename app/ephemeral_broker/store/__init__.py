@@ -1,4 +1,5 @@
-"""State lives here and nowhere else: the Store protocol and its in-memory implementation."""
+"""State lives here and nowhere else: the Store protocol, the in-memory store, and (imported
+only when configured) the Redis store shared by brokers on several hosts."""
 
 from ephemeral_broker.store.base import (
     Item,
@@ -12,8 +13,10 @@ from ephemeral_broker.store.base import (
     Store,
     StoreLimits,
     StoreStats,
+    StoreStatus,
 )
 from ephemeral_broker.store.memory import MemoryStore
+from ephemeral_broker.store.select import close_store, open_store, store_status
 
 __all__ = [
     "Item",
@@ -28,4 +31,8 @@ __all__ = [
     "Store",
     "StoreLimits",
     "StoreStats",
+    "StoreStatus",
+    "close_store",
+    "open_store",
+    "store_status",
 ]

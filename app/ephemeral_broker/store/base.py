@@ -106,6 +106,33 @@ class StoreStats:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreStatus:
+    """Which store holds the state and whether it answers (/healthz, /readyz, /v1/health,
+    /v1/stats, /metrics). The memory store is always available and never reset."""
+
+    kind: str  # "memory" or "redis"
+    namespace: str | None = None
+    available: bool = True
+    reason: str | None = None  # why it is unavailable
+    resets: int = 0  # times the shared store was found to have lost the namespace
+    last_reset_ms: int | None = None
+
+
+MEMORY_STATUS = StoreStatus("memory")
+
+
+class NamespaceConflict(Exception):
+    """This broker's limits differ from the ones the namespace was created with."""
+
+    def __init__(self, setting: str, ours: object, theirs: object, namespace: str) -> None:
+        super().__init__(
+            f"namespace {namespace!r} in Redis was created with {setting}={theirs!r}, this broker "
+            f"has {setting}={ours!r}; every broker of a namespace must use the same {setting}"
+        )
+        self.setting = setting
+
+
+@dataclass(frozen=True, slots=True)
 class LeaseGrant:
     """A lease as granted or renewed; `created` is False for a renewal."""
 

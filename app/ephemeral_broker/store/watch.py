@@ -38,6 +38,14 @@ class KeyWatchers:
         if watch is not None and not watch.future.done():
             watch.future.set_result(None)
 
+    def notify_all(self) -> None:
+        """Wake every waiter of every key (they look again; a Redis store does this after its
+        subscription was down, since writes published meanwhile were lost)."""
+        watches, self._watches = self._watches, {}
+        for watch in watches.values():
+            if not watch.future.done():
+                watch.future.set_result(None)
+
     async def wait(self, key: str, timeout_s: float) -> bool:
         """Park until `key` is written (True) or `timeout_s` passes (False)."""
         watch = self._watches.get(key)
