@@ -14,6 +14,7 @@ import pytest
 from ephemeral_broker_client import BrokerTimeout, BrokerUnavailable
 from ephemeral_broker_client._protocol import (
     BACKOFF_CAP_S,
+    Attempt,
     Call,
     Plan,
     Sleep,
@@ -189,8 +190,8 @@ def test_a_pause_that_oversleeps_the_budget_ends_the_call_with_the_last_failure(
     monkeypatch.setattr(time, "monotonic", clock)
     plan = _ping_plan(short_tmp / "missing.sock", 0.3)
     first = next(plan)
-    assert isinstance(first, httpx.Request)
-    assert first.extensions["timeout"]["connect"] == pytest.approx(0.3)
+    assert isinstance(first, Attempt)
+    assert first.timeout_s == pytest.approx(0.3)
     pause = plan.send(failure)
     assert isinstance(pause, Sleep)
     assert 0 < pause.seconds < 0.3

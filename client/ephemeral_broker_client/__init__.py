@@ -11,6 +11,9 @@
 
 Every failure is a `BrokerError` subclass carrying `.code`, `.status`, `.detail` and
 `.request_id`.
+
+`UnixTransport` and `AsyncUnixTransport`, the clients' own HTTP/1.1 transports, work with any
+httpx client: `httpx.Client(transport=UnixTransport("/path/to.sock"))`.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -21,6 +24,11 @@ if TYPE_CHECKING:
     from ephemeral_broker_client._protocol import DEFAULT_TIMEOUT, default_worker_id
     from ephemeral_broker_client._shared import LeaseBase
     from ephemeral_broker_client._sync import BrokerClient, Lease
+    from ephemeral_broker_client._transport import (
+        AsyncUnixTransport,
+        ResponseTooLarge,
+        UnixTransport,
+    )
     from ephemeral_broker_client.errors import (
         AuthFailed,
         BrokerError,
@@ -52,6 +60,9 @@ _HOME = {
     "LeaseBase": "ephemeral_broker_client._shared",
     "BrokerClient": "ephemeral_broker_client._sync",
     "Lease": "ephemeral_broker_client._sync",
+    "AsyncUnixTransport": "ephemeral_broker_client._transport",
+    "ResponseTooLarge": "ephemeral_broker_client._transport",
+    "UnixTransport": "ephemeral_broker_client._transport",
     "AuthFailed": "ephemeral_broker_client.errors",
     "BrokerError": "ephemeral_broker_client.errors",
     "BrokerTimeout": "ephemeral_broker_client.errors",
@@ -90,6 +101,7 @@ __all__ = [
     "ONCE_LOCK_SUFFIX",
     "AsyncBrokerClient",
     "AsyncLease",
+    "AsyncUnixTransport",
     "AuthFailed",
     "BrokerClient",
     "BrokerError",
@@ -107,7 +119,9 @@ __all__ = [
     "PendingLease",
     "PoolExhausted",
     "PreconditionFailed",
+    "ResponseTooLarge",
     "StoreFull",
     "TooLarge",
+    "UnixTransport",
     "default_worker_id",
 ]

@@ -14,15 +14,20 @@ import httpx
 from ephemeral_broker_client import _operations as ops
 from ephemeral_broker_client._protocol import (
     DEFAULT_TIMEOUT,
-    POOL_LIMITS,
+    Attempt,
     Drive,
     Plan,
     Renewal,
     Reply,
     RunFactory,
     Sleep,
+    build_request,
+    reply_from_raw,
+    reply_from_response,
+    request_head,
 )
 from ephemeral_broker_client._shared import CONNECTION_ARGS, ClientBase, LeaseBase
+from ephemeral_broker_client._transport import AsyncUnixTransport
 from ephemeral_broker_client.errors import BrokerError
 from ephemeral_broker_client.models import LeaseGrant
 
@@ -75,9 +80,11 @@ class AsyncBrokerClient(ClientBase):
     ) -> None:
         super().__init__(socket, secret, timeout)
         self._keepers: set[_Keeper] = set()
-        self._transport = transport or httpx.AsyncHTTPTransport(
-            uds=self._wire.socket, limits=POOL_LIMITS
+        self._transport: httpx.AsyncBaseTransport = (
+            AsyncUnixTransport(self._wire.socket) if transport is None else transport
         )
+        # Our own transport is driven with bytes, without httpx's Request and Response.
+        self._raw = self._transport if isinstance(self._transport, AsyncUnixTransport) else None
 
     # ---- execution ---------------------------------------------------------------------------
 
@@ -86,7 +93,7 @@ class AsyncBrokerClient(ClientBase):
             raise RuntimeError("this AsyncBrokerClient is closed")
         drive = Drive(plan)
         while (step := drive.next()) is not None:
-            if isinstance(step, httpx.Request):
+            if isinstance(step, Attempt):
                 drive.resume(await self._send(step))
             elif isinstance(step, Sleep):
                 await asyncio.sleep(step.seconds)
@@ -97,8 +104,14 @@ class AsyncBrokerClient(ClientBase):
                     drive.fail(exc)
         return drive.result
 
-    async def _send(self, request: httpx.Request) -> Reply | httpx.RequestError:
+    async def _send(self, attempt: Attempt) -> Reply | httpx.RequestError:
+        call, timeout = attempt.call, attempt.timeout_s
+        raw = self._raw
         try:
+            if raw is not None:
+                answer = await raw.roundtrip(request_head(self._wire, call), call.body, timeout)
+                return reply_from_raw(answer, raw.max_response_bytes)
+            request = build_request(self._wire, call, timeout)
             response = await self._transport.handle_async_request(request)
             try:
                 content = await response.aread()
@@ -106,7 +119,7 @@ class AsyncBrokerClient(ClientBase):
                 await response.aclose()
         except httpx.RequestError as exc:
             return exc
-        return Reply(response.status_code, response.headers, content)
+        return reply_from_response(response, content)
 
     async def _run_factory(self, step: RunFactory) -> Any:
         keeper = _Keeper(self, step.renewal)
