@@ -34,6 +34,7 @@ from ephemeral_broker_client.errors import (
     BrokerTimeout,
     BrokerUnavailable,
     InvalidResponse,
+    NotModified,
     error_class,
 )
 
@@ -122,6 +123,7 @@ class Reply:
     status: int
     content: bytes
     request_id: str | None
+    etag: str | None = None
     elapsed_s: float = 0.0
 
 
@@ -332,14 +334,16 @@ def reply_from_raw(raw: RawResponse, limit: int) -> Reply:
     """A `Reply` from a `UnixTransport` response; a gzip body (the client asks for none, but
     a proxy or another server may send one) is decoded, to at most `limit` bytes."""
     content = raw.body
-    request_id = None
+    request_id = etag = None
     for name, value in raw.headers:
         lowered = name.lower()
         if lowered == b"x-request-id":
             request_id = value.decode("latin-1")
+        elif lowered == b"etag":
+            etag = value.decode("latin-1")
         elif lowered == b"content-encoding":
             content = _decoded(content, value.strip().lower(), limit)
-    return Reply(raw.status, content, request_id)
+    return Reply(raw.status, content, request_id, etag)
 
 
 def _decoded(content: bytes, encoding: bytes, limit: int) -> bytes:
@@ -365,7 +369,8 @@ def _decoded(content: bytes, encoding: bytes, limit: int) -> bytes:
 
 def reply_from_response(response: httpx.Response, content: bytes) -> Reply:
     """A `Reply` from any httpx transport's response (its body read and decoded by httpx)."""
-    return Reply(response.status_code, content, response.headers.get("x-request-id"))
+    headers = response.headers
+    return Reply(response.status_code, content, headers.get("x-request-id"), headers.get("etag"))
 
 
 def exchange(wire: Wire, call: Call[T]) -> Plan[T]:
@@ -483,7 +488,23 @@ def finish(call: Call[T], reply: Reply) -> T:
                 status=reply.status,
                 request_id=reply.request_id,
             ) from None
+    if reply.status == 304:
+        raise _not_modified(call, reply)
     raise problem(call, reply)
+
+
+def _not_modified(call: Call[Any], reply: Reply) -> NotModified:
+    """A watch (`after_version`) that saw no newer version: the ETag names the current one."""
+    etag = (reply.etag or "").strip().removeprefix("W/").strip('"')
+    version = int(etag) if etag.isascii() and etag.isdigit() else None
+    now = f" (the key is at version {version})" if version is not None else ""
+    return NotModified(
+        "not_modified",
+        f"{call.subject}: no newer version came{now}",
+        status=304,
+        request_id=reply.request_id,
+        version=version,
+    )
 
 
 def problem(call: Call[Any], reply: Reply) -> BrokerError:
