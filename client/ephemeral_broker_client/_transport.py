@@ -76,6 +76,7 @@ class _Reading:
         "head_only",
         "headers",
         "headers_done",
+        "keep_alive",
         "parser",
         "received",
     )
@@ -91,6 +92,7 @@ class _Reading:
         self.headers_done = False
         self.complete = False
         self.extra = False
+        self.keep_alive = False
         self.received = 0
 
     # llhttp callbacks
@@ -110,9 +112,12 @@ class _Reading:
             self.complete = True
 
     def on_body(self, data: bytes) -> None:
-        self.body.append(data)
+        if not self.head_only:
+            self.body.append(data)
 
     def on_message_complete(self) -> None:
+        # Only valid while llhttp is still on this message: it resets once the callback ends.
+        self.keep_alive = self.parser.should_keep_alive()
         self.complete = True
 
     # the transports' side
@@ -150,7 +155,7 @@ class _Reading:
         return RawResponse(self.parser.get_status_code(), self.headers, b"".join(self.body))
 
     def reusable(self) -> bool:
-        return not self.extra and not self.head_only and self.parser.should_keep_alive()
+        return self.keep_alive and not self.extra and not self.head_only
 
 
 def _unexpected_close(reading: _Reading) -> httpx.RemoteProtocolError:
@@ -310,19 +315,22 @@ class UnixTransport(httpx.BaseTransport):
             raise
 
     def _connect(self, timeout: float | None) -> _Connection:
+        # A blocking socket with kernel-side timeouts (SO_SNDTIMEO, SO_RCVTIMEO): a
+        # Python-level timeout would add a poll() before every send and recv. A blocking
+        # connect also waits (up to SO_SNDTIMEO) for room in a listener's full backlog, where
+        # a non-blocking one fails at once with EAGAIN.
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(timeout)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
             sock.connect(self.path)
-        except TimeoutError:
+        except BlockingIOError:
             sock.close()
-            raise httpx.ConnectTimeout(f"connecting to {self.path} timed out") from None
+            raise httpx.ConnectTimeout(
+                f"connecting to {self.path} timed out (its listen backlog stayed full)"
+            ) from None
         except OSError as exc:
             sock.close()
             raise _connect_error(self.path, exc) from None
-        # Blocking from here on, with kernel-side timeouts (SO_RCVTIMEO/SO_SNDTIMEO): a
-        # Python-level timeout would add a poll() before every send and recv.
-        sock.settimeout(None)
         return _Connection(sock)
 
     def _checkin(self, connection: _Connection) -> None:
