@@ -1,4 +1,5 @@
-"""`python -m bench [--quick] [--json FILE]`: the broker's costs, in one run on this machine.
+"""`python -m bench [--quick] [--json FILE] [--only clients] [--node-original DIR]`: the
+broker's and the clients' costs, in one run on this machine.
 
 Order of the printed table: CPU per operation first (stable on a noisy machine), then latency
 and throughput, the raw-ASGI baseline ratio, growth, and memory.
@@ -17,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from bench import http_bench, leases, memory_bench, store_bench
+from bench import client_bench, http_bench, leases, memory_bench, store_bench
 from bench.harness import Progress, start_baseline, start_broker
 from ephemeral_broker import __version__
 
@@ -63,14 +64,22 @@ REQUIRED: dict[str, Any] = {
     "sweep": ["keys", "due", "sweep_ms", "per_expired_us", "nothing_due_us"],
     "leases": ["small_holders", "large_holders", "small_grant_us", "large_grant_us", "ratio"],
     "memory": list(memory_bench.SCENARIOS),
-}
+    "clients": ["floor", "rows", "processes", "node_original", "sync_cpu_over_floor",
+                "async_cpu_over_sync"],
+}  # fmt: skip
+# `--only` runs one section of this list (with the run's metadata).
+ONLY = ("clients",)
 OP_FIELDS = ["broker_cpu_us", "client_cpu_us", "ops_per_s", "p50_us", "p95_us", "p99_us"]
 
 
-def missing_fields(results: dict[str, Any]) -> list[str]:
-    """Paths of REQUIRED fields absent from `results` (empty when complete)."""
-    missing = [f"{section}.{key}" for section, keys in REQUIRED.items() for key in keys
+def missing_fields(results: dict[str, Any], only: str | None = None) -> list[str]:
+    """Paths of REQUIRED fields absent from `results` (empty when complete); with `only`, of
+    that section's (and the metadata's) only."""
+    sections = REQUIRED if only is None else {k: REQUIRED[k] for k in ("meta", only)}
+    missing = [f"{section}.{key}" for section, keys in sections.items() for key in keys
                if key not in results.get(section, {})]  # fmt: skip
+    if only is not None:
+        return missing
     for mode in ("sync", "async"):
         for op in http_bench.OPERATIONS:
             row = results.get("sequential", {}).get(mode, {}).get(op, {})
@@ -78,20 +87,34 @@ def missing_fields(results: dict[str, Any]) -> list[str]:
     return missing
 
 
-def run(sizes: Sizes, quick: bool) -> dict[str, Any]:
+def _meta(quick: bool) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "machine": f"{platform.system()} {platform.machine()} {platform.processor()}".strip(),
+        "cpus": os.cpu_count(),
+        "quick": quick,
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+    }
+
+
+CLIENT_STEPS = 1 + len(client_bench.ROWS) + 2 * len(client_bench.PROCESSES)
+
+
+def run_clients(sizes: Sizes, node_dir: Path | None, progress: Progress) -> dict[str, Any]:
+    """The clients section, on a broker of its own."""
+    with start_broker("--max-items", "0") as broker:
+        return client_bench.run(broker, sizes.sequential_ops, sizes.concurrent_ops, node_dir,
+                                progress.step)  # fmt: skip
+
+
+def run(sizes: Sizes, quick: bool, node_dir: Path | None = None) -> dict[str, Any]:
     ops = http_bench.OPERATIONS
     steps = 2 * len(ops) + len(ops) * len(CONCURRENCY) + 2 + 2 + 2 + 2 + len(memory_bench.SCENARIOS)
-    progress = Progress(steps)
+    progress = Progress(steps + CLIENT_STEPS)
     results: dict[str, Any] = {
-        "meta": {
-            "version": __version__,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "python": platform.python_version(),
-            "machine": f"{platform.system()} {platform.machine()} {platform.processor()}".strip(),
-            "cpus": os.cpu_count(),
-            "quick": quick,
-            "command": " ".join(["python -m bench", *sys.argv[1:]]),
-        },
+        "meta": _meta(quick),
         "sequential": {"sync": {}, "async": {}},
         "concurrency": {},
     }
@@ -169,14 +192,19 @@ def run(sizes: Sizes, quick: bool) -> dict[str, Any]:
     on = results["memory"]["10KB_compressible_compression_on"]["rss_per_key_bytes"]
     off = results["memory"]["10KB_compressible_compression_off"]["rss_per_key_bytes"]
     results["memory"]["compression_ratio"] = round(on / off, 3)
+    results["clients"] = run_clients(sizes, node_dir, progress)
     progress.finish()
     return results
 
 
+def _header(results: dict[str, Any]) -> list[str]:
+    return [f"ephemeral-broker {results['meta']['version']} — {results['meta']['command']}",
+            f"{results['meta']['machine']}, {results['meta']['cpus']} CPUs, "
+            f"Python {results['meta']['python']}, {results['meta']['date']}", ""]  # fmt: skip
+
+
 def render(results: dict[str, Any]) -> str:
-    lines = [f"ephemeral-broker {results['meta']['version']} — {results['meta']['command']}",
-             f"{results['meta']['machine']}, {results['meta']['cpus']} CPUs, "
-             f"Python {results['meta']['python']}, {results['meta']['date']}", ""]  # fmt: skip
+    lines = _header(results)
     lines.append("CPU per operation, one sequential client (µs; broker = server process)")
     lines.append(f"{'operation':<13} {'broker sync':>12} {'client sync':>12} "
                  f"{'broker async':>13} {'client async':>13}")  # fmt: skip
@@ -234,6 +262,7 @@ def render(results: dict[str, Any]) -> str:
         )
     ratio = results["memory"]["compression_ratio"]
     lines.append(f"compressible 10 KB values, RSS with compression on / off: {ratio}")
+    lines += ["", *client_bench.render(results["clients"])]
     return "\n".join(lines)
 
 
@@ -241,12 +270,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes: under a minute")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
+    parser.add_argument("--only", choices=ONLY, help="run this section only")
+    parser.add_argument(
+        "--node-original", metavar="DIR",
+        help="a checkout of the Node.js original, to measure its own client side by side "
+        f"(default: ${client_bench.NODE_ORIGINAL_ENV}; not measured without either)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    results = run(QUICK if args.quick else FULL, args.quick)
-    print(render(results))
+    sizes = QUICK if args.quick else FULL
+    node_dir = client_bench.node_original_dir(args.node_original)
+    if args.only == "clients":
+        progress = Progress(CLIENT_STEPS)
+        results = {"meta": _meta(args.quick), "clients": run_clients(sizes, node_dir, progress)}
+        progress.finish()
+        print("\n".join([*_header(results), *client_bench.render(results["clients"])]))
+    else:
+        results = run(sizes, args.quick, node_dir)
+        print(render(results))
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
-    missing = missing_fields(results)
+    missing = missing_fields(results, args.only)
     if missing:
         print(f"incomplete results: {missing}", file=sys.stderr)
         return 1

@@ -1,0 +1,311 @@
+"""The clients' own cost: CPU per `get` of each client over each transport, next to a raw-socket
+floor measured in the same run, and calls per second next to the Node.js original's own client
+when its checkout is given (`--node-original DIR` or `$EPHEMERAL_BENCH_NODE_ORIGINAL`).
+
+Every row reads one 100-byte value in a loop from one broker. Client CPU is this process's CPU
+time (`time.process_time`), the broker's is read from /proc, so a noisy machine moves the
+figures less than it moves wall-clock rates. The floor is the least any Python client can
+spend: a prebuilt request written with one `send` and the answer read with `recv` on a kept
+connection, no parsing beyond finding its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from bench import http_bench
+from bench.harness import Latencies, ServerProcess, process_cpu_seconds
+from ephemeral_broker_client import AsyncBrokerClient, BrokerClient
+
+NODE_ORIGINAL_ENV = "EPHEMERAL_BENCH_NODE_ORIGINAL"
+NODE_SCRIPT = Path(__file__).with_name("node_original.mjs")
+KEY = "hit"
+# (row name, client, transport, event loop)
+ROWS = (
+    ("sync, own transport", "sync", "own", None),
+    ("sync, httpx transport", "sync", "httpx", None),
+    ("async, own transport", "async", "own", "asyncio"),
+    ("async, httpx transport", "async", "httpx", "asyncio"),
+    ("async, own transport, uvloop", "async", "own", "uvloop"),
+)
+PROCESSES = (1, 16)
+
+
+def _result(count: int, wall: float, client_cpu: float, broker_cpu: float,
+            latencies: Latencies) -> dict[str, float]:  # fmt: skip
+    return {
+        "client_cpu_us": round(client_cpu / count * 1e6, 2),
+        "broker_cpu_us": round(broker_cpu / count * 1e6, 2),
+        "ops_per_s": round(count / wall, 1),
+        "p50_us": latencies.summary_us()["p50_us"],
+    }
+
+
+def measure_floor(server: ServerProcess, count: int) -> dict[str, float]:
+    """GET with a raw socket: the request prebuilt, the answer only read to its end."""
+    request = b"GET /v1/keys/hit HTTP/1.1\r\nhost: localhost\r\naccept-encoding: identity\r\n\r\n"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(server.socket))
+
+    def get() -> None:
+        sock.sendall(request)
+        data = sock.recv(65536)
+        head_end = data.find(b"\r\n\r\n") + 4
+        at = data.find(b"content-length: ") + 16
+        length = int(data[at : data.find(b"\r\n", at)])
+        while len(data) < head_end + length:
+            data += sock.recv(65536)
+
+    try:
+        for _ in range(http_bench.warmup_calls(count)):
+            get()
+        latencies = Latencies()
+        cpu0, client0, start = server.cpu_seconds(), time.process_time(), time.perf_counter()
+        for _ in range(count):
+            t = time.perf_counter()
+            get()
+            latencies.samples.append(time.perf_counter() - t)
+        wall = time.perf_counter() - start
+        client_cpu, broker_cpu = time.process_time() - client0, server.cpu_seconds() - cpu0
+    finally:
+        sock.close()
+    return _result(count, wall, client_cpu, broker_cpu, latencies)
+
+
+def measure_sync(server: ServerProcess, transport: str, count: int) -> dict[str, float]:
+    chosen = httpx.HTTPTransport(uds=str(server.socket)) if transport == "httpx" else None
+    with BrokerClient(str(server.socket), timeout=60, transport=chosen) as client:
+        for _ in range(http_bench.warmup_calls(count)):
+            client.get(KEY)
+        latencies = Latencies()
+        cpu0, client0, start = server.cpu_seconds(), time.process_time(), time.perf_counter()
+        for _ in range(count):
+            t = time.perf_counter()
+            client.get(KEY)
+            latencies.samples.append(time.perf_counter() - t)
+        wall = time.perf_counter() - start
+        client_cpu, broker_cpu = time.process_time() - client0, server.cpu_seconds() - cpu0
+    return _result(count, wall, client_cpu, broker_cpu, latencies)
+
+
+def measure_async(server: ServerProcess, transport: str, count: int, loop: str) -> dict[str, float]:
+    async def run() -> dict[str, float]:
+        chosen = httpx.AsyncHTTPTransport(uds=str(server.socket)) if transport == "httpx" else None
+        async with AsyncBrokerClient(str(server.socket), timeout=60, transport=chosen) as client:
+            for _ in range(http_bench.warmup_calls(count)):
+                await client.get(KEY)
+            latencies = Latencies()
+            cpu0, client0, start = server.cpu_seconds(), time.process_time(), time.perf_counter()
+            for _ in range(count):
+                t = time.perf_counter()
+                await client.get(KEY)
+                latencies.samples.append(time.perf_counter() - t)
+            wall = time.perf_counter() - start
+            client_cpu, broker_cpu = time.process_time() - client0, server.cpu_seconds() - cpu0
+        return _result(count, wall, client_cpu, broker_cpu, latencies)
+
+    return _run_on(loop, run)
+
+
+def _run_on(
+    loop: str, main: Callable[[], Coroutine[Any, Any, dict[str, float]]]
+) -> dict[str, float]:
+    if loop == "uvloop":
+        import uvloop  # optional (absent on Windows)
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(main())
+    return asyncio.run(main())
+
+
+# ---- the Node.js original ------------------------------------------------------------------
+
+
+def node_original_dir(given: str | None) -> Path | None:
+    """The original's checkout from the option or the environment, or None."""
+    chosen = given or os.environ.get(NODE_ORIGINAL_ENV)
+    return Path(chosen) if chosen else None
+
+
+def _node_exe() -> str | None:
+    return shutil.which("node")
+
+
+def measure_node(checkout: Path, processes: int, total: int) -> dict[str, float]:
+    """The original's own client against its own broker: `processes` client processes each
+    reading the key `total / processes` times in a row; calls/s of them all together."""
+    node = _node_exe()
+    assert node is not None
+    workdir = Path(tempfile.mkdtemp(prefix="ebn-", dir="/tmp"))
+    broker = subprocess.Popen(
+        [node, str(NODE_SCRIPT), "serve", str(checkout), str(workdir)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    clients: list[subprocess.Popen[str]] = []
+    try:
+        assert broker.stdout is not None
+        line = broker.stdout.readline()
+        if not line.startswith("NODE_READY "):
+            raise RuntimeError(f"the Node.js original's broker did not start: {line!r}")
+        pipe = line.split(" ", 1)[1].strip()
+        per = max(1, total // processes)
+        argv = [node, str(NODE_SCRIPT), "get", str(checkout), pipe, str(per)]
+        for _ in range(processes):
+            piped = subprocess.PIPE
+            clients.append(subprocess.Popen(argv, stdin=piped, stdout=piped, text=True))
+        for client in clients:
+            assert client.stdout is not None
+            if client.stdout.readline().strip() != "READY":
+                raise RuntimeError("a client of the Node.js original did not start")
+        cpu0 = _cpu_of(broker.pid)
+        for client in clients:
+            assert client.stdin is not None
+            client.stdin.write("go\n")
+            client.stdin.flush()
+        reports = []
+        for client in clients:
+            out, _ = client.communicate(timeout=600)
+            reports.append(orjson.loads(out.strip().splitlines()[-1]))
+        broker_cpu = _cpu_of(broker.pid) - cpu0
+    finally:
+        for client in clients:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        if broker.poll() is None:
+            os.kill(broker.pid, signal.SIGTERM)
+            try:
+                broker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                broker.kill()
+                broker.wait()
+        if broker.stdout is not None:
+            broker.stdout.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    calls = sum(report["calls"] for report in reports)
+    return {
+        "ops_per_s": round(calls / max(report["wall_s"] for report in reports), 1),
+        "client_cpu_us": round(sum(report["cpu_s"] for report in reports) / calls * 1e6, 2),
+        "broker_cpu_us": round(broker_cpu / calls * 1e6, 2),
+    }
+
+
+def _cpu_of(pid: int) -> float:
+    return process_cpu_seconds(pid)
+
+
+# ---- the section ---------------------------------------------------------------------------
+
+
+def run(server: ServerProcess, sequential: int, concurrent: int, node_dir: Path | None,
+        progress: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """Every client-side figure, against `server` (a broker with the key prepared)."""
+    with BrokerClient(str(server.socket)) as client:
+        client.set(KEY, http_bench.VALUE_100B, http_bench.TTL_MS)
+    results: dict[str, Any] = {"calls": sequential}
+    progress("clients: raw-socket floor")
+    results["floor"] = measure_floor(server, sequential)
+    rows: dict[str, Any] = {}
+    for name, kind, transport, loop in ROWS:
+        if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
+            continue
+        progress(f"clients: {name}")
+        if kind == "sync":
+            rows[name] = measure_sync(server, transport, sequential)
+        else:
+            assert loop is not None
+            rows[name] = measure_async(server, transport, sequential, loop)
+    results["rows"] = rows
+    floor_cpu = results["floor"]["client_cpu_us"]
+    sync_cpu = rows["sync, own transport"]["client_cpu_us"]
+    results["sync_cpu_over_floor"] = round(sync_cpu / floor_cpu, 2)
+    results["async_cpu_over_sync"] = round(
+        rows["async, own transport"]["client_cpu_us"] / sync_cpu, 2
+    )
+    results["httpx_cpu_over_own_sync"] = round(
+        rows["sync, httpx transport"]["client_cpu_us"] / sync_cpu, 2
+    )
+    processes: dict[str, Any] = {}
+    for count in PROCESSES:
+        progress(f"clients: {count} sync client processes")
+        total = sequential if count == 1 else concurrent
+        processes[str(count)] = http_bench.measure_concurrent(server, "get_hit", count, total)
+    results["processes"] = processes
+    results["node_original"] = _node_section(node_dir, sequential, concurrent, processes, progress)
+    return results
+
+
+def _node_section(
+    node_dir: Path | None,
+    sequential: int,
+    concurrent: int,
+    ours: dict[str, Any],
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    if node_dir is None:
+        return {"measured": False, "why": f"no --node-original DIR and no ${NODE_ORIGINAL_ENV}"}
+    if _node_exe() is None:
+        return {"measured": False, "why": "no `node` on PATH"}
+    if not (node_dir / "src" / "client.js").is_file():
+        return {"measured": False, "why": f"{node_dir} has no src/client.js"}
+    section: dict[str, Any] = {"measured": True, "dir": str(node_dir)}
+    for count in PROCESSES:
+        progress(f"clients: {count} Node.js original client processes")
+        total = sequential if count == 1 else concurrent
+        section[str(count)] = measure_node(node_dir, count, total)
+        section[f"ratio_{count}"] = round(
+            ours[str(count)]["ops_per_s"] / section[str(count)]["ops_per_s"], 2
+        )
+    return section
+
+
+def render(results: dict[str, Any]) -> list[str]:
+    floor = results["floor"]
+    lines = [
+        f"Client cost of one get (µs; {results['calls']} calls in a row; client = this process)",
+        f"{'client':<30} {'client CPU':>10} {'x floor':>8} {'calls/s':>8} {'p50 µs':>8} "
+        f"{'broker CPU':>10}",
+        f"{'raw-socket floor':<30} {floor['client_cpu_us']:>10.1f} {1:>8.2f} "
+        f"{floor['ops_per_s']:>8.0f} {floor['p50_us']:>8.1f} {floor['broker_cpu_us']:>10.1f}",
+    ]
+    for name, row in results["rows"].items():
+        lines.append(
+            f"{name:<30} {row['client_cpu_us']:>10.1f} "
+            f"{row['client_cpu_us'] / floor['client_cpu_us']:>8.2f} {row['ops_per_s']:>8.0f} "
+            f"{row['p50_us']:>8.1f} {row['broker_cpu_us']:>10.1f}"
+        )
+    lines.append(
+        f"async / sync client CPU: {results['async_cpu_over_sync']}x; httpx's transport costs "
+        f"{results['httpx_cpu_over_own_sync']}x ours (sync)"
+    )
+    node = results["node_original"]
+    lines.append("")
+    lines.append("get calls/s with N client processes: ours (BrokerClient) vs the Node.js original")
+    for count in PROCESSES:
+        ours = results["processes"][str(count)]["ops_per_s"]
+        if node["measured"]:
+            theirs = node[str(count)]
+            lines.append(
+                f"N={count:<3} ours {ours:>8.0f}  original {theirs['ops_per_s']:>8.0f}  "
+                f"({node[f'ratio_{count}']}x; original client CPU {theirs['client_cpu_us']:.1f} "
+                f"µs/call, its broker {theirs['broker_cpu_us']:.1f})"
+            )
+        else:
+            lines.append(f"N={count:<3} ours {ours:>8.0f}")
+    if not node["measured"]:
+        lines.append(f"the Node.js original was not measured: {node['why']}")
+    return lines
