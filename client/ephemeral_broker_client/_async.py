@@ -15,7 +15,6 @@ from ephemeral_broker_client import _operations as ops
 from ephemeral_broker_client._protocol import (
     DEFAULT_TIMEOUT,
     Attempt,
-    Drive,
     Plan,
     Renewal,
     Reply,
@@ -89,20 +88,29 @@ class AsyncBrokerClient(ClientBase):
     # ---- execution ---------------------------------------------------------------------------
 
     async def _run(self, plan: Plan[T]) -> T:
+        """Perform the plan's steps until it returns (as `BrokerClient._run`, with await)."""
         if self._closed:
             raise RuntimeError("this AsyncBrokerClient is closed")
-        drive = Drive(plan)
-        while (step := drive.next()) is not None:
-            if isinstance(step, Attempt):
-                drive.resume(await self._send(step))
-            elif isinstance(step, Sleep):
+        outcome: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                step = plan.send(outcome) if error is None else plan.throw(error)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            error = None
+            if type(step) is Attempt:
+                outcome = await self._send(step)
+            elif type(step) is Sleep:
+                outcome = None
                 await asyncio.sleep(step.seconds)
             else:
+                assert isinstance(step, RunFactory)
                 try:
-                    drive.resume(await self._run_factory(step))
+                    outcome = await self._run_factory(step)
                 except Exception as exc:
-                    drive.fail(exc)
-        return drive.result
+                    error = exc
 
     async def _send(self, attempt: Attempt) -> Reply | httpx.RequestError:
         call, timeout = attempt.call, attempt.timeout_s

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -179,6 +180,21 @@ def _set_body(key: str, value: Any, ttl_ms: int | None) -> bytes:
 
 def _get_call(
     key: str, wait_ms: int | None, parse: Callable[[Reply], T], after_version: int | None = None
+) -> Call[T]:
+    if wait_ms is None and after_version is None and type(key) is str:
+        return _plain_get_call(key, parse)
+    return _new_get_call(key, wait_ms, parse, after_version)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain_get_call(key: str, parse: Callable[[Reply], T]) -> Call[T]:
+    # A plain read of a key is the same Call every time (it is immutable); workers read the
+    # same few keys over and over, and percent-encoding the name is the dearest part of it.
+    return _new_get_call(key, None, parse, None)
+
+
+def _new_get_call(
+    key: str, wait_ms: int | None, parse: Callable[[Reply], T], after_version: int | None
 ) -> Call[T]:
     target = _key_target(key)
     query = []

@@ -85,37 +85,6 @@ Step: TypeAlias = "Attempt | Sleep | RunFactory"
 Plan: TypeAlias = Generator[Step, Any, T]
 
 
-class Drive(Generic[T]):
-    """Steps through a plan for an executor: `next()` is the next I/O step to perform, or
-    None once the plan returned (its value is then `result`); `resume(outcome)` or
-    `fail(error)` hands back what the step gave."""
-
-    __slots__ = ("_error", "_outcome", "_plan", "result")
-
-    def __init__(self, plan: Plan[T]) -> None:
-        self._plan = plan
-        self._outcome: Any = None
-        self._error: Exception | None = None
-
-    def next(self) -> Step | None:
-        try:
-            if self._error is None:
-                step: Step = self._plan.send(self._outcome)
-            else:
-                step = self._plan.throw(self._error)
-        except StopIteration as done:
-            self.result: T = done.value
-            return None
-        self._outcome = self._error = None
-        return step
-
-    def resume(self, outcome: Any) -> None:
-        self._outcome = outcome
-
-    def fail(self, error: Exception) -> None:
-        self._error = error
-
-
 @dataclass(slots=True)
 class Reply:
     """A broker answer, read in full (the body decoded from any content-encoding)."""

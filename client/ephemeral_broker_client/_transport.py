@@ -214,20 +214,34 @@ def _connect_error(path: str, exc: OSError) -> httpx.ConnectError:
 # ---- sync ----------------------------------------------------------------------------------
 
 
-def _timeval(seconds: float | None) -> bytes:
+# Socket timeouts are set in whole milliseconds, rounded down so a timeout never runs past what
+# was asked; one a connection already has is not set again. A client passes what is left of
+# its call's budget, a little less on every call: rounding lets a run of calls share one
+# setting instead of paying two setsockopt() calls each.
+_NO_TIMEOUT: Final = -1
+
+
+def _timeout_ms(seconds: float | None) -> int:
     if seconds is None:
-        return struct.pack("ll", 0, 0)  # no timeout
-    micro = max(1, int(seconds * 1_000_000))  # 0 would mean "no timeout"
-    return struct.pack("ll", micro // 1_000_000, micro % 1_000_000)
+        return _NO_TIMEOUT
+    return max(1, int(seconds * 1000))  # 0 would mean "no timeout" to the kernel
+
+
+def _timeval(milliseconds: int) -> bytes:
+    if milliseconds == _NO_TIMEOUT:
+        return struct.pack("ll", 0, 0)
+    return struct.pack("ll", milliseconds // 1000, milliseconds % 1000 * 1000)
 
 
 class _Connection:
     """One kept-alive socket of a `UnixTransport`."""
 
-    __slots__ = ("poller", "reading", "sock")
+    __slots__ = ("poller", "reading", "recv_ms", "send_ms", "sock")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, send_ms: int) -> None:
         self.sock = sock
+        self.send_ms = send_ms
+        self.recv_ms = _NO_TIMEOUT
         self.reading = _Reading()
         self.poller = select.poll()
         self.poller.register(sock, select.POLLIN)
@@ -320,8 +334,9 @@ class UnixTransport(httpx.BaseTransport):
         # connect also waits (up to SO_SNDTIMEO) for room in a listener's full backlog, where
         # a non-blocking one fails at once with EAGAIN.
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        send_ms = _timeout_ms(timeout)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(send_ms))
             sock.connect(self.path)
         except BlockingIOError:
             sock.close()
@@ -331,7 +346,7 @@ class UnixTransport(httpx.BaseTransport):
         except OSError as exc:
             sock.close()
             raise _connect_error(self.path, exc) from None
-        return _Connection(sock)
+        return _Connection(sock, send_ms)
 
     def _checkin(self, connection: _Connection) -> None:
         with self._lock:
@@ -392,7 +407,10 @@ class UnixTransport(httpx.BaseTransport):
         reading = connection.reading
         reading.reset(head_only=head_only)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(write_timeout))
+            send_ms = _timeout_ms(write_timeout)
+            if send_ms != connection.send_ms:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(send_ms))
+                connection.send_ms = send_ms
             sock.sendall(head + body if len(body) < 65536 else head)
             if len(body) >= 65536:
                 sock.sendall(body)
@@ -400,7 +418,10 @@ class UnixTransport(httpx.BaseTransport):
             raise httpx.WriteTimeout(f"writing the request to {self.path} timed out") from None
         except OSError as exc:
             raise httpx.WriteError(f"writing the request to {self.path} failed: {exc}") from None
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(read_timeout))
+        recv_ms = _timeout_ms(read_timeout)
+        if recv_ms != connection.recv_ms:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(recv_ms))
+            connection.recv_ms = recv_ms
         limit = self.max_response_bytes
         recv = sock.recv
         while not reading.complete:
@@ -454,8 +475,11 @@ class _AsyncConnection(asyncio.Protocol):
     event loop hands it the bytes as they arrive, and an idle connection the server closed
     marks itself closed right away, so reuse never picks it."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, path: str, limit: int) -> None:
+        self.path = path
         self.limit = limit
+        self.deadline: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self.reading = _Reading()
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
@@ -519,8 +543,53 @@ class _AsyncConnection(asyncio.Protocol):
     def usable(self) -> bool:
         return not self.closed and self.loop is asyncio.get_running_loop()
 
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    async def drain(self, timeout_s: float | None) -> None:
+        """Wait until the event loop took the request off the write buffer."""
+        drained = self.drained = self.loop.create_future()
+        try:
+            await asyncio.wait_for(drained, timeout_s)
+        except TimeoutError:
+            raise httpx.WriteTimeout(f"writing the request to {self.path} timed out") from None
+
+    def arm(self, timeout_s: float | None) -> None:
+        """Fail the response being awaited with ReadTimeout if it is not complete within
+        `timeout_s`.
+
+        One timer per connection, not one per request: the timer is only moved earlier when
+        a request's deadline comes before it; when it fires early for a later deadline it is
+        set again for that one. Calls in a row then cost no timer each.
+        """
+        if timeout_s is None:
+            self.deadline = None
+            return
+        deadline = self.deadline = self.loop.time() + timeout_s
+        timer = self.timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._deadline_reached)
+
+    def _deadline_reached(self) -> None:
+        self.timer = None
+        waiter, deadline = self.waiter, self.deadline
+        if waiter is None or waiter.done() or deadline is None:
+            return
+        if self.loop.time() < deadline:
+            self.timer = self.loop.call_at(deadline, self._deadline_reached)
+            return
+        waiter.set_exception(
+            httpx.ReadTimeout(f"no complete response from {self.path} within the read timeout")
+        )
+
     def close(self) -> None:
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         if self.transport is not None:
             self.transport.abort()
 
@@ -571,9 +640,7 @@ class AsyncUnixTransport(httpx.AsyncBaseTransport):
 
     # -- the pool
 
-    async def _checkout(
-        self, connect_timeout: float | None, pool_timeout: float | None
-    ) -> _AsyncConnection:
+    def _idle_connection(self) -> _AsyncConnection | None:
         if self._closed:
             raise RuntimeError("this AsyncUnixTransport is closed")
         idle = self._idle
@@ -582,6 +649,11 @@ class AsyncUnixTransport(httpx.AsyncBaseTransport):
             if connection.usable():
                 return connection
             self._discard(connection)
+        return None
+
+    async def _new_connection(
+        self, connect_timeout: float | None, pool_timeout: float | None
+    ) -> _AsyncConnection:
         if self._open >= self.max_connections:
             await self._wait_for_slot(pool_timeout)
         self._open += 1
@@ -617,10 +689,10 @@ class AsyncUnixTransport(httpx.AsyncBaseTransport):
 
     async def _connect(self, timeout_s: float | None) -> _AsyncConnection:
         loop = asyncio.get_running_loop()
-        limit = self.max_response_bytes
+        path, limit = self.path, self.max_response_bytes
         try:
             _, connection = await asyncio.wait_for(
-                loop.create_unix_connection(lambda: _AsyncConnection(limit), self.path), timeout_s
+                loop.create_unix_connection(lambda: _AsyncConnection(path, limit), path), timeout_s
             )
         except TimeoutError:
             raise httpx.ConnectTimeout(f"connecting to {self.path} timed out") from None
@@ -653,61 +725,36 @@ class AsyncUnixTransport(httpx.AsyncBaseTransport):
     ) -> RawResponse:
         """Send one request (its head and body as they go on the wire) and read the whole
         response. `timeout_s` is the read timeout, and the default of the others."""
-        connection = await self._checkout(
+        # A pooled connection is taken without a coroutine of its own (most calls).
+        connection = self._idle_connection() or await self._new_connection(
             timeout_s if connect_timeout is None else connect_timeout,
             timeout_s if pool_timeout is None else pool_timeout,
         )
         try:
-            response = await self._exchange(
-                connection, head, body, timeout_s,
-                timeout_s if write_timeout is None else write_timeout, head_only,
-            )  # fmt: skip
+            # The exchange is written out here, not in a helper coroutine: every await layer
+            # is resumed again when the answer arrives.
+            connection.reading.reset(head_only=head_only)
+            waiter = connection.waiter = connection.loop.create_future()
+            connection.send(head + body if body else head)
+            if connection.paused:
+                await connection.drain(timeout_s if write_timeout is None else write_timeout)
+            if not waiter.done():
+                connection.arm(timeout_s)
+                await waiter
+            else:
+                waiter.result()  # raises what the protocol stored
         except BaseException:
             # A timeout, an error, or a cancellation (CancelledError) while the response was
             # on its way: the rest of it may still arrive on this connection, so it goes.
             self._discard(connection)
             raise
         connection.waiter = None
-        if connection.reading.reusable():
+        reading = connection.reading
+        if reading.reusable():
             self._checkin(connection)
         else:
             self._discard(connection)
-        return response
-
-    async def _exchange(
-        self,
-        connection: _AsyncConnection,
-        head: bytes,
-        body: bytes,
-        read_timeout: float | None,
-        write_timeout: float | None,
-        head_only: bool,
-    ) -> RawResponse:
-        loop = connection.loop
-        connection.reading.reset(head_only=head_only)
-        waiter = connection.waiter = loop.create_future()
-        transport = connection.transport
-        assert transport is not None
-        transport.write(head + body if body else head)
-        if connection.paused:
-            drained = connection.drained = loop.create_future()
-            try:
-                await asyncio.wait_for(drained, write_timeout)
-            except TimeoutError:
-                raise httpx.WriteTimeout(f"writing the request to {self.path} timed out") from None
-        if not waiter.done():
-            # A timer instead of asyncio.timeout()/wait_for: one call_later per request.
-            timer = None if read_timeout is None else loop.call_later(
-                read_timeout, _read_timed_out, waiter, self.path
-            )  # fmt: skip
-            try:
-                await waiter
-            finally:
-                if timer is not None:
-                    timer.cancel()
-        else:
-            waiter.result()  # raises what the protocol stored
-        return connection.reading.response()
+        return reading.response()
 
     # -- httpx.AsyncBaseTransport
 
@@ -732,13 +779,6 @@ class AsyncUnixTransport(httpx.AsyncBaseTransport):
         idle, self._idle = self._idle, []
         for connection in idle:
             self._discard(connection)
-
-
-def _read_timed_out(waiter: asyncio.Future[None], path: str) -> None:
-    if not waiter.done():
-        waiter.set_exception(
-            httpx.ReadTimeout(f"no complete response from {path} within the read timeout")
-        )
 
 
 _ASYNC_TRANSPORTS: weakref.WeakSet[AsyncUnixTransport] = weakref.WeakSet()
