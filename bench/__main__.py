@@ -99,7 +99,7 @@ def _meta(quick: bool) -> dict[str, Any]:
     }
 
 
-CLIENT_STEPS = 1 + len(client_bench.ROWS) + 2 * len(client_bench.PROCESSES)
+CLIENT_STEPS = 1 + len(client_bench.ROWS) + 2 * client_bench.ROUNDS * len(client_bench.PROCESSES)
 
 
 def run_clients(sizes: Sizes, node_dir: Path | None, progress: Progress) -> dict[str, Any]:
