@@ -465,6 +465,27 @@ def test_a_forked_child_never_uses_the_parents_connection(
     assert by_pid == {os.getpid(): 2, pid: 1}
 
 
+def test_the_async_transport_across_event_loops_and_forks(
+    serve: Callable[[Handler], ScriptServer],
+) -> None:
+    server = serve(answer())
+    transport = AsyncUnixTransport(server.path)
+    # A connection pooled on a loop that has ended is replaced on the next loop, not reused.
+    for _ in range(2):
+        assert asyncio.run(transport.roundtrip(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")).status == 200
+    pid = os.fork()
+    if pid == 0:  # the child: one request on a loop of its own, then out
+        try:
+            head = b"GET /child HTTP/1.1\r\nhost: x\r\n\r\n"
+            os._exit(0 if asyncio.run(transport.roundtrip(head)).status == 200 else 1)
+        except BaseException:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    by_pid = [(peer.pid, len(peer.requests)) for peer in server.peers]
+    assert by_pid == [(os.getpid(), 1), (os.getpid(), 1), (pid, 1)]
+
+
 def test_one_sync_client_shared_by_threads(shared_broker: BrokerProcess) -> None:
     with BrokerClient(shared_broker.socket) as client:
         for n in range(8):

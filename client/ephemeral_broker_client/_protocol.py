@@ -361,7 +361,8 @@ def exchange(wire: Wire, call: Call[T]) -> Plan[T]:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             # A pause that overslept on a loaded machine, or a budget too small to build the
-            # first request in: a non-positive timeout would make httpcore raise ValueError.
+            # first request in: no transport can use a non-positive timeout (httpcore raises
+            # ValueError for one).
             if retried is not None:
                 raise _unreachable(wire, call, retried, attempt - 1, started) from retried
             raise BrokerTimeout(

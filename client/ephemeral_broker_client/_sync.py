@@ -77,7 +77,8 @@ if hasattr(os, "register_at_fork"):
 class BrokerClient(ClientBase):
     __doc__ = f"""A blocking client of the broker on a Unix socket; thread-safe.
     {CONNECTION_ARGS}
-    One keep-alive connection is pooled. Use as a context manager, or call `close()`.
+    Connections are kept alive and pooled (`UnixTransport`). Use as a context manager, or call
+    `close()`.
     """
 
     def __init__(

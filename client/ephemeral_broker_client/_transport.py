@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import select
 import socket
@@ -590,8 +591,23 @@ class _AsyncConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.transport is not None:
-            self.transport.abort()
+        transport = self.transport
+        if transport is None:
+            return
+        if self.loop.is_closed():
+            # A connection left from an event loop that has ended (an earlier asyncio.run):
+            # that loop can no longer run the transport's close. The connection is shut down
+            # here (the server sees it end); its descriptor is closed with the transport.
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    ended = socket.socket(fileno=sock.fileno())
+                    try:
+                        ended.shutdown(socket.SHUT_RDWR)
+                    finally:
+                        ended.detach()
+            return
+        transport.abort()
 
 
 class AsyncUnixTransport(httpx.AsyncBaseTransport):
