@@ -123,7 +123,7 @@ class _Reading:
 
     # the transports' side
 
-    def feed(self, data: bytes, limit: int) -> None:
+    def feed(self, data: bytes | memoryview, limit: int) -> None:
         """Parse `data`; raises an httpx error for a response that is not HTTP or too big."""
         self.received += len(data)
         if self.received > limit:
@@ -471,7 +471,7 @@ _SYNC_TRANSPORTS: weakref.WeakSet[UnixTransport] = weakref.WeakSet()
 # ---- async ---------------------------------------------------------------------------------
 
 
-class _AsyncConnection(asyncio.Protocol):
+class _AsyncConnection(asyncio.BufferedProtocol):
     """One kept-alive connection of an `AsyncUnixTransport`, as an asyncio protocol: the
     event loop hands it the bytes as they arrive, and an idle connection the server closed
     marks itself closed right away, so reuse never picks it."""
@@ -481,6 +481,7 @@ class _AsyncConnection(asyncio.Protocol):
         self.limit = limit
         self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.buffer = memoryview(bytearray(_RECV_SIZE))
         self.reading = _Reading()
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
@@ -495,7 +496,15 @@ class _AsyncConnection(asyncio.Protocol):
         # A stream transport (asyncio's or uvloop's, which does not subclass asyncio's).
         self.transport = cast(asyncio.Transport, transport)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # The loop reads into this one buffer (recv_into) instead of allocating a new bytes
+        # object of its read size (256 KiB on asyncio's loop) for every read.
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         waiter = self.waiter
         if waiter is None or waiter.done():
             self.close()  # bytes while idle: the connection is out of step
