@@ -337,7 +337,9 @@ def test_a_draining_broker_is_unavailable(start_broker: BrokerFactory) -> None:
         waiters = [threading.Thread(target=wait_forever, args=(k,)) for k in kinds]
         for waiter in waiters:
             waiter.start()
-        wait_until(lambda: _in_flight(broker) >= 3, 30, "both waits to begin")
+        # Every kind's wait, and the scrape that counts them.
+        waits = len(KINDS) + 1
+        wait_until(lambda: _in_flight(broker) >= waits, 30, "every wait to begin")
         os.kill(broker.pid, signal.SIGTERM)
         for waiter in waiters:
             waiter.join(timeout=60)
