@@ -1,5 +1,5 @@
-"""`python -m bench [--quick] [--only SECTION ...] [--json FILE]`: the broker's costs, in one
-run on this machine.
+"""`python -m bench [--quick] [--only SECTION ...] [--json FILE] [--node-original DIR]`: the
+broker's and the clients' costs, in one run on this machine.
 
 Order of the printed table: CPU per operation first (stable on a noisy machine), then latency
 and throughput, the raw-ASGI baseline ratio, the server CPU per request against its floor,
@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from bench import floor, http_bench, leases, memory_bench, store_bench
+from bench import client_bench, floor, http_bench, leases, memory_bench, store_bench
 from bench.harness import Progress, start_baseline, start_broker
 from ephemeral_broker import __version__
 
@@ -70,7 +70,9 @@ REQUIRED: dict[str, Any] = {
     "sweep": ["keys", "due", "sweep_ms", "per_expired_us", "nothing_due_us"],
     "leases": ["small_holders", "large_holders", "small_grant_us", "large_grant_us", "ratio"],
     "memory": list(memory_bench.SCENARIOS),
-}
+    "clients": ["floor", "rows", "processes", "node_original", "sync_cpu_over_floor",
+                "async_cpu_over_sync"],
+}  # fmt: skip
 OP_FIELDS = ["broker_cpu_us", "client_cpu_us", "ops_per_s", "p50_us", "p95_us", "p99_us"]
 FLOOR_FIELDS = ["broker_cpu_us", "floor_cpu_us", "ratio"]
 SECTIONS = tuple(section for section in REQUIRED if section != "meta")
@@ -99,11 +101,19 @@ def _steps(sizes: Sizes, section: str) -> int:
     return {
         "sequential": 2 * ops, "concurrency": ops * len(CONCURRENCY), "baseline": 2,
         "floor": 1, "growth_http": 2, "growth_store": 2, "sweep": 1, "leases": 1,
-        "memory": len(memory_bench.SCENARIOS),
+        "memory": len(memory_bench.SCENARIOS), "clients": CLIENT_STEPS,
     }[section]  # fmt: skip
 
 
-def run(sizes: Sizes, quick: bool, sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+CLIENT_STEPS = 1 + len(client_bench.ROWS) + 2 * client_bench.ROUNDS * len(client_bench.PROCESSES)
+
+
+def run(
+    sizes: Sizes,
+    quick: bool,
+    sections: tuple[str, ...] = SECTIONS,
+    node_dir: Path | None = None,
+) -> dict[str, Any]:
     progress = Progress(sum(_steps(sizes, section) for section in sections))
     results: dict[str, Any] = {
         "meta": {
@@ -142,6 +152,12 @@ def run(sizes: Sizes, quick: bool, sections: tuple[str, ...] = SECTIONS) -> dict
         }
     if "memory" in sections:
         results["memory"] = _memory(sizes, progress)
+    if "clients" in sections:
+        # On a broker of its own; with the Node.js original side by side when given.
+        with start_broker("--max-items", "0") as broker:
+            results["clients"] = client_bench.run(
+                broker, sizes.sequential_ops, sizes.concurrent_ops, node_dir, progress.step
+            )
     progress.finish()
     return results
 
@@ -305,6 +321,8 @@ def render(results: dict[str, Any]) -> str:
             )
         ratio = results["memory"]["compression_ratio"]
         lines.append(f"compressible 10 KB values, RSS with compression on / off: {ratio}")
+    if "clients" in results:
+        lines += ["", *client_bench.render(results["clients"])]
     return "\n".join(lines)
 
 
@@ -316,9 +334,15 @@ def main(argv: list[str] | None = None) -> int:
         "--only", action="append", choices=SECTIONS, metavar="SECTION",
         help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
     )  # fmt: skip
+    parser.add_argument(
+        "--node-original", metavar="DIR",
+        help="a checkout of the Node.js original, to measure its own client side by side "
+        f"(default: ${client_bench.NODE_ORIGINAL_ENV}; not measured without either)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     sections = tuple(s for s in SECTIONS if s in args.only) if args.only else SECTIONS
-    results = run(QUICK if args.quick else FULL, args.quick, sections)
+    node_dir = client_bench.node_original_dir(args.node_original)
+    results = run(QUICK if args.quick else FULL, args.quick, sections, node_dir)
     print(render(results))
     if args.json:
         args.json.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")

@@ -4,10 +4,12 @@ server plays a broken broker.
 Fixtures (import them into a test module to use them):
 `shared_broker` is one real broker per test module, so that the many small client tests do not
 each pay a broker's start-up; `ns` is a key prefix unique to the test, so that tests sharing it
-stay independent. `clients` is parametrized over "sync" and "async": `clients.open(socket)`
-returns a `BrokerClient`, or an `AsyncBrokerClient` driven through `Blocking` on one event
-loop, so the same assertions exercise both. `clients.pause(s)` lets time pass with the loop
-running, so that an async lease keepalive keeps working while the test waits.
+stay independent. `clients` is parametrized over "sync" and "async", each over the client's own
+transport (`UnixTransport`, `AsyncUnixTransport`) and httpx's (`HTTPTransport(uds=...)`):
+`clients.open(socket)` returns a `BrokerClient`, or an `AsyncBrokerClient` driven through
+`Blocking` on one event loop, so the same assertions exercise both clients over both
+transports, and the two transports cannot drift apart. `clients.pause(s)` lets time pass with
+the loop running, so that an async lease keepalive keeps working while the test waits.
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from ephemeral_broker_client import AsyncBrokerClient, AsyncLease, BrokerClient, PendingLease
+from ephemeral_broker_client import (
+    AsyncBrokerClient,
+    AsyncLease,
+    AsyncUnixTransport,
+    BrokerClient,
+    PendingLease,
+    UnixTransport,
+)
 from tests.conftest import BrokerProcess, kill_broker, launch_broker
 
 
@@ -87,13 +96,32 @@ class Blocking:
 
 
 class Clients:
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+    def __init__(self, name: str) -> None:
+        # "sync" or "async" over the client's own transport, "-httpx" over httpx's.
+        self.name = name
+        self.kind, _, transport = name.partition("-")
+        self.over_httpx = transport == "httpx"
         self.runner = asyncio.Runner()
         self.opened: list[BrokerClient] = []
 
+    def transport(self, path: Path | str) -> Any:
+        """A new transport of this kind for the socket at `path`."""
+        if self.kind == "sync":
+            return httpx.HTTPTransport(uds=str(path)) if self.over_httpx else UnixTransport(path)
+        return (
+            httpx.AsyncHTTPTransport(uds=str(path)) if self.over_httpx else AsyncUnixTransport(path)
+        )
+
+    def uds_transport(self, path: Path | str) -> CountingTransport:
+        """A transport of this kind for `path` that records the requests sent through it."""
+        return CountingTransport(self.transport(path))
+
     def open(self, socket: Path | str | None = None, **kwargs: Any) -> BrokerClient:
-        """A client of `kind`, closed at the end of the test."""
+        """A client of `kind` over its transport, closed at the end of the test."""
+        if self.over_httpx and "transport" not in kwargs:
+            path = socket if socket is not None else os.environ.get("EPHEMERAL_PIPE")
+            if path:
+                kwargs["transport"] = self.transport(path)
         if self.kind == "sync":
             client = BrokerClient(socket, **kwargs)
         else:
@@ -113,7 +141,7 @@ class Clients:
         self.runner.close()
 
 
-KINDS = ("sync", "async")
+KINDS = ("sync", "async", "sync-httpx", "async-httpx")
 
 
 @pytest.fixture(params=KINDS)
@@ -162,15 +190,6 @@ class CountingTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         if hasattr(self.inner, "aclose"):
             await self.inner.aclose()
-
-
-def uds_transport(kind: str, path: Path | str) -> CountingTransport:
-    inner = (
-        httpx.HTTPTransport(uds=str(path))
-        if kind == "sync"
-        else (httpx.AsyncHTTPTransport(uds=str(path)))
-    )
-    return CountingTransport(inner)
 
 
 # ---- a broken broker -----------------------------------------------------------------------

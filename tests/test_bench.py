@@ -41,6 +41,28 @@ def test_quick_run_writes_json_with_every_field(tmp_path: Path) -> None:
     assert "CPU per operation" in result.stdout
 
 
+@pytest.mark.timeout(600)
+def test_the_clients_section_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EPHEMERAL_BENCH_NODE_ORIGINAL", raising=False)  # read by the child
+    out = tmp_path / "clients.json"
+    result = run_module("bench", "--only", "clients", "--quick", "--json", str(out), timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = orjson.loads(out.read_bytes())
+    assert missing_fields(results, ("clients",)) == []
+    assert set(results) == {"meta", "clients"}
+    clients = results["clients"]
+    assert clients["floor"]["client_cpu_us"] > 0
+    assert set(clients["rows"]) >= {"sync, own transport", "sync, httpx transport",
+                                    "async, own transport", "async, httpx transport"}  # fmt: skip
+    for row in clients["rows"].values():
+        assert all(value > 0 for value in row.values()), row
+    assert clients["processes"]["16"]["ops_per_s"] > 0
+    # Without a checkout of the Node.js original it is not measured, and the output says why.
+    assert clients["node_original"]["measured"] is False
+    assert "the Node.js original was not measured" in result.stdout
+    assert "raw-socket floor" in result.stdout
+
+
 def test_profile_attributes_the_brokers_cpu_to_packages_and_names_our_routes() -> None:
     result = run_module("bench.profile", "--requests", "100", "--top", "40", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

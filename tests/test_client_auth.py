@@ -26,25 +26,25 @@ def test_signed_requests_are_accepted_by_the_broker(guarded: BrokerProcess) -> N
     with each_kind() as kinds:
         for clients in kinds:
             b = clients.open(guarded.socket, secret=SECRET)
-            key = f"{clients.kind}:a?b#c %d/é".replace("/", "-").replace(" ", "_")
+            key = f"{clients.name}:a?b#c %d/é".replace("/", "-").replace(" ", "_")
             b.set(key, {"v": [1, "ü"]}, 60_000)
             assert b.get(key) == {"v": [1, "ü"]}
-            assert [info.key for info in b.list(f"{clients.kind}:a?b")] == [key]
-            assert b.incr(f"{clients.kind}:n", 2, 60_000) == 2
+            assert [info.key for info in b.list(f"{clients.name}:a?b")] == [key]
+            assert b.incr(f"{clients.name}:n", 2, 60_000) == 2
             assert b.touch(key, 120_000) > 0
             assert b.delete(key) is True
             assert b.ping() > 0
             assert b.health()["status"] == "healthy"
             assert "ephemeral_broker_items" in b.metrics()
             # Lease targets: percent-encoded worker ids, queries, bodies, waits.
-            worker = f"{clients.kind}-wörker:1@x"
+            worker = f"{clients.name}-wörker:1@x"
             lease = b.lease("pool?x", worker, ttl_ms=60_000, size=2, wait_ms=100)
             lease.renew()
             assert lease.release() is True
             b.lease("pool?x", worker, ttl_ms=60_000)
             assert b.release_all(worker) == 1
-            assert b.get(f"{clients.kind}:absent", None, wait_ms=50) is None
-            assert b.once(f"{clients.kind}:once", lambda: "made", 60_000) == "made"
+            assert b.get(f"{clients.name}:absent", None, wait_ms=50) is None
+            assert b.once(f"{clients.name}:once", lambda: "made", 60_000) == "made"
 
 
 def test_auth_failed_without_the_secret_or_with_a_wrong_one(

@@ -5,6 +5,7 @@ leases, BrokerUnavailable for a broker that starts draining)."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import threading
 import time
@@ -15,15 +16,19 @@ import pytest
 
 from ephemeral_broker_client import (
     BrokerClient,
+    BrokerError,
     BrokerUnavailable,
+    InvalidRequest,
     KeyNotFound,
     LeaseNotFound,
+    NotModified,
     PoolExhausted,
     PreconditionFailed,
     StoreFull,
 )
 from ephemeral_broker_client import _operations as operations
 from tests.client_helpers import (
+    KINDS,
     Clients,
     RawServer,
     clients,
@@ -276,6 +281,45 @@ def test_a_waiting_get_of_a_key_that_never_comes(
     assert b.get(ns + "never", "fallback", wait_ms=100) == "fallback"
 
 
+def test_a_watch_returns_a_newer_version_or_raises_not_modified(
+    shared_broker: BrokerProcess, clients: Clients, ns: str
+) -> None:
+    b = clients.open(shared_broker.socket, timeout=2)
+    key = ns + "cfg"
+    v1 = b.set(key, "one", TTL)
+    assert b.get(key, after_version=v1 - 1) == "one"  # already newer: at once
+    # No wait_ms: a conditional read, answered at once.
+    with pytest.raises(NotModified) as caught:
+        b.get(key, "default is for a missing key only", after_version=v1)
+    error = caught.value
+    assert (error.code, error.status, error.version) == ("not_modified", 304, v1)
+    assert error.detail == (
+        f"get of key '{key}' after version {v1}: no newer version came (the key is at version {v1})"
+    )
+    assert isinstance(error, BrokerError) and error.request_id
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
+    assert (type(copy), copy.version, copy.detail) == (NotModified, v1, error.detail)
+    # With wait_ms: woken by the next write, with the new version.
+    with BrokerClient(shared_broker.socket) as writer:
+        publish = threading.Timer(0.3, writer.set, (key, "two", TTL))
+        publish.start()
+        started = time.monotonic()
+        item = b.get_item(key, wait_ms=20_000, after_version=v1)
+        waited = time.monotonic() - started
+        publish.join()
+    assert (item.value, item.version > v1) == ("two", True)
+    assert 0.2 < waited < 10
+    # Nothing newer within the wait (longer than the client's timeout: not a BrokerTimeout).
+    with pytest.raises(NotModified) as caught:
+        b.get_item(key, wait_ms=200, after_version=item.version)
+    assert caught.value.version == item.version
+    # A missing key is still KeyNotFound (or the default), and a bad version the broker's 422.
+    assert b.get(ns + "absent", None, wait_ms=50, after_version=3) is None
+    with pytest.raises(InvalidRequest) as refused:
+        b.get(key, after_version=-1)
+    assert refused.value.code == "validation_error"
+
+
 def test_a_draining_broker_is_unavailable(start_broker: BrokerFactory) -> None:
     broker = start_broker()
     outcomes: dict[str, BaseException] = {}
@@ -285,18 +329,20 @@ def test_a_draining_broker_is_unavailable(start_broker: BrokerFactory) -> None:
         try:
             b.get("never", wait_ms=60_000)
         except BrokerUnavailable as exc:
-            outcomes[clients_of_kind.kind] = exc
+            outcomes[clients_of_kind.name] = exc
 
     with each_kind() as kinds:
         waiters = [threading.Thread(target=wait_forever, args=(k,)) for k in kinds]
         for waiter in waiters:
             waiter.start()
-        wait_until(lambda: _in_flight(broker) >= 3, 30, "both waits to begin")
+        # Every kind's wait, and the scrape that counts them.
+        waits = len(KINDS) + 1
+        wait_until(lambda: _in_flight(broker) >= waits, 30, "every wait to begin")
         os.kill(broker.pid, signal.SIGTERM)
         for waiter in waiters:
             waiter.join(timeout=60)
     assert broker.proc.wait(timeout=30) == 0
-    assert set(outcomes) == {"sync", "async"}
+    assert set(outcomes) == set(KINDS)
     for error in outcomes.values():
         assert isinstance(error, BrokerUnavailable)
         assert (error.code, error.status) == ("draining", 503)

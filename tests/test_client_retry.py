@@ -14,13 +14,14 @@ import pytest
 from ephemeral_broker_client import BrokerTimeout, BrokerUnavailable
 from ephemeral_broker_client._protocol import (
     BACKOFF_CAP_S,
+    Attempt,
     Call,
     Plan,
     Sleep,
     exchange,
     resolve_wire,
 )
-from tests.client_helpers import Clients, RawServer, clients, http_answer, uds_transport
+from tests.client_helpers import Clients, RawServer, clients, http_answer
 from tests.conftest import BrokerFactory
 
 __all__ = ["clients"]  # the fixture the tests below use
@@ -31,7 +32,7 @@ MARGIN_S = 0.3
 
 def test_defect_15_retries_stay_within_the_one_timeout(short_tmp: Path, clients: Clients) -> None:
     """Seed defect #15: the Node client gave each of 6 attempts its own 5 s timeout (30 s)."""
-    transport = uds_transport(clients.kind, short_tmp / "missing.sock")
+    transport = clients.uds_transport(short_tmp / "missing.sock")
     b = clients.open(short_tmp / "missing.sock", timeout=0.5, transport=transport)
     started = time.monotonic()
     with pytest.raises(BrokerUnavailable) as caught:
@@ -50,7 +51,7 @@ def test_a_broker_started_200ms_after_the_first_call_is_reached(
     start_broker: BrokerFactory, short_tmp: Path, clients: Clients
 ) -> None:
     path = short_tmp / "late.sock"
-    transport = uds_transport(clients.kind, path)
+    transport = clients.uds_transport(path)
     # The budget covers the broker's own start-up, which takes seconds on a loaded machine.
     b = clients.open(path, timeout=30, transport=transport)
     ready_at: list[float] = []
@@ -189,8 +190,8 @@ def test_a_pause_that_oversleeps_the_budget_ends_the_call_with_the_last_failure(
     monkeypatch.setattr(time, "monotonic", clock)
     plan = _ping_plan(short_tmp / "missing.sock", 0.3)
     first = next(plan)
-    assert isinstance(first, httpx.Request)
-    assert first.extensions["timeout"]["connect"] == pytest.approx(0.3)
+    assert isinstance(first, Attempt)
+    assert first.timeout_s == pytest.approx(0.3)
     pause = plan.send(failure)
     assert isinstance(pause, Sleep)
     assert 0 < pause.seconds < 0.3

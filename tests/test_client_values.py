@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ephemeral_broker_client import BrokerError, InvalidResponse
-from tests.client_helpers import Clients, RawServer, clients, http_answer, uds_transport
+from tests.client_helpers import Clients, RawServer, clients, http_answer
 
 __all__ = ["clients"]  # the fixture the tests below use
 
@@ -41,7 +41,7 @@ def test_defect_02_unencodable_values_raise_type_error_naming_the_key_before_any
 ) -> None:
     """Seed defect #2: a circular or non-serialisable value crashed the Node client with a
     message that named neither the key nor the operation."""
-    transport = uds_transport(clients.kind, short_tmp / "never-used.sock")
+    transport = clients.uds_transport(short_tmp / "never-used.sock")
     b = clients.open(short_tmp / "never-used.sock", transport=transport)
     key = f"value-{case}"
     with pytest.raises(TypeError) as caught:
@@ -55,7 +55,7 @@ def test_defect_02_unencodable_values_raise_type_error_naming_the_key_before_any
 def test_defect_02_nan_is_refused_not_silently_stored_as_null(
     short_tmp: Path, clients: Clients
 ) -> None:
-    transport = uds_transport(clients.kind, short_tmp / "never-used.sock")
+    transport = clients.uds_transport(short_tmp / "never-used.sock")
     b = clients.open(short_tmp / "never-used.sock", transport=transport)
     with pytest.raises(TypeError, match=r"value\['a'\]\[1\] is NaN or infinite"):
         b.set("k", {"a": [None, math.nan]}, 1000)

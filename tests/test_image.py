@@ -291,8 +291,11 @@ def build_context(into: Path) -> Path:
 
     pip_run("wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(wheels), str(ROOT))
     (wheel,) = wheels.glob("ephemeral_broker-*.whl")
+    # async-timeout: redis-py needs it on Python before 3.11.3 (a Debian bookworm base has
+    # 3.11.2), which a download resolved on this newer interpreter leaves out (the Makefile's
+    # OLD_PYTHON_ONLY).
     pip_run("download", "--dest", str(wheels), "--only-binary=:all:",
-            "--constraint", str(ROOT / "constraints.txt"), str(wheel))  # fmt: skip
+            "--constraint", str(ROOT / "constraints.txt"), str(wheel), "async-timeout")  # fmt: skip
     return into
 
 

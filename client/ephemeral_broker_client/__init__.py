@@ -11,6 +11,9 @@
 
 Every failure is a `BrokerError` subclass carrying `.code`, `.status`, `.detail` and
 `.request_id`.
+
+`UnixTransport` and `AsyncUnixTransport`, the clients' own HTTP/1.1 transports, work with any
+httpx client: `httpx.Client(transport=UnixTransport("/path/to.sock"))`.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -21,6 +24,11 @@ if TYPE_CHECKING:
     from ephemeral_broker_client._protocol import DEFAULT_TIMEOUT, default_worker_id
     from ephemeral_broker_client._shared import LeaseBase
     from ephemeral_broker_client._sync import BrokerClient, Lease
+    from ephemeral_broker_client._transport import (
+        AsyncUnixTransport,
+        ResponseTooLarge,
+        UnixTransport,
+    )
     from ephemeral_broker_client.errors import (
         AuthFailed,
         BrokerError,
@@ -30,6 +38,7 @@ if TYPE_CHECKING:
         InvalidResponse,
         KeyNotFound,
         LeaseNotFound,
+        NotModified,
         PoolExhausted,
         PreconditionFailed,
         StoreFull,
@@ -52,6 +61,9 @@ _HOME = {
     "LeaseBase": "ephemeral_broker_client._shared",
     "BrokerClient": "ephemeral_broker_client._sync",
     "Lease": "ephemeral_broker_client._sync",
+    "AsyncUnixTransport": "ephemeral_broker_client._transport",
+    "ResponseTooLarge": "ephemeral_broker_client._transport",
+    "UnixTransport": "ephemeral_broker_client._transport",
     "AuthFailed": "ephemeral_broker_client.errors",
     "BrokerError": "ephemeral_broker_client.errors",
     "BrokerTimeout": "ephemeral_broker_client.errors",
@@ -60,6 +72,7 @@ _HOME = {
     "InvalidResponse": "ephemeral_broker_client.errors",
     "KeyNotFound": "ephemeral_broker_client.errors",
     "LeaseNotFound": "ephemeral_broker_client.errors",
+    "NotModified": "ephemeral_broker_client.errors",
     "PoolExhausted": "ephemeral_broker_client.errors",
     "PreconditionFailed": "ephemeral_broker_client.errors",
     "StoreFull": "ephemeral_broker_client.errors",
@@ -90,6 +103,7 @@ __all__ = [
     "ONCE_LOCK_SUFFIX",
     "AsyncBrokerClient",
     "AsyncLease",
+    "AsyncUnixTransport",
     "AuthFailed",
     "BrokerClient",
     "BrokerError",
@@ -104,10 +118,13 @@ __all__ = [
     "LeaseBase",
     "LeaseGrant",
     "LeaseNotFound",
+    "NotModified",
     "PendingLease",
     "PoolExhausted",
     "PreconditionFailed",
+    "ResponseTooLarge",
     "StoreFull",
     "TooLarge",
+    "UnixTransport",
     "default_worker_id",
 ]

@@ -14,15 +14,19 @@ import httpx
 from ephemeral_broker_client import _operations as ops
 from ephemeral_broker_client._protocol import (
     DEFAULT_TIMEOUT,
-    POOL_LIMITS,
-    Drive,
+    Attempt,
     Plan,
     Renewal,
     Reply,
     RunFactory,
     Sleep,
+    build_request,
+    reply_from_raw,
+    reply_from_response,
+    request_head,
 )
 from ephemeral_broker_client._shared import CONNECTION_ARGS, ClientBase, LeaseBase
+from ephemeral_broker_client._transport import AsyncUnixTransport
 from ephemeral_broker_client.errors import BrokerError
 from ephemeral_broker_client.models import LeaseGrant
 
@@ -75,30 +79,56 @@ class AsyncBrokerClient(ClientBase):
     ) -> None:
         super().__init__(socket, secret, timeout)
         self._keepers: set[_Keeper] = set()
-        self._transport = transport or httpx.AsyncHTTPTransport(
-            uds=self._wire.socket, limits=POOL_LIMITS
+        self._transport: httpx.AsyncBaseTransport = (
+            AsyncUnixTransport(self._wire.socket) if transport is None else transport
         )
+        # Our own transport is driven with bytes, without httpx's Request and Response.
+        self._raw = self._transport if isinstance(self._transport, AsyncUnixTransport) else None
 
     # ---- execution ---------------------------------------------------------------------------
 
     async def _run(self, plan: Plan[T]) -> T:
+        """Perform the plan's steps until it returns (as `BrokerClient._run`, with await)."""
         if self._closed:
             raise RuntimeError("this AsyncBrokerClient is closed")
-        drive = Drive(plan)
-        while (step := drive.next()) is not None:
-            if isinstance(step, httpx.Request):
-                drive.resume(await self._send(step))
-            elif isinstance(step, Sleep):
+        outcome: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                step = plan.send(outcome) if error is None else plan.throw(error)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            error = None
+            if type(step) is Attempt:
+                raw = self._raw
+                if raw is None:
+                    outcome = await self._send(step)
+                    continue
+                # Our own transport, awaited here rather than through _send: one coroutine
+                # less to create and to resume on every call.
+                call = step.call
+                try:
+                    answer = await raw.roundtrip(
+                        request_head(self._wire, call), call.body, step.timeout_s
+                    )
+                    outcome = reply_from_raw(answer, raw.max_response_bytes)
+                except httpx.RequestError as exc:
+                    outcome = exc
+            elif type(step) is Sleep:
+                outcome = None
                 await asyncio.sleep(step.seconds)
             else:
+                assert isinstance(step, RunFactory)
                 try:
-                    drive.resume(await self._run_factory(step))
+                    outcome = await self._run_factory(step)
                 except Exception as exc:
-                    drive.fail(exc)
-        return drive.result
+                    error = exc
 
-    async def _send(self, request: httpx.Request) -> Reply | httpx.RequestError:
+    async def _send(self, attempt: Attempt) -> Reply | httpx.RequestError:
+        """One attempt through an httpx transport other than our own."""
         try:
+            request = build_request(self._wire, attempt.call, attempt.timeout_s)
             response = await self._transport.handle_async_request(request)
             try:
                 content = await response.aread()
@@ -106,7 +136,7 @@ class AsyncBrokerClient(ClientBase):
                 await response.aclose()
         except httpx.RequestError as exc:
             return exc
-        return Reply(response.status_code, response.headers, content)
+        return reply_from_response(response, content)
 
     async def _run_factory(self, step: RunFactory) -> Any:
         keeper = _Keeper(self, step.renewal)

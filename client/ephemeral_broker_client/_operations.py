@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -177,11 +178,36 @@ def _set_body(key: str, value: Any, ttl_ms: int | None) -> bytes:
     return encode_json(payload, f"the value for key {show(key)}")
 
 
-def _get_call(key: str, wait_ms: int | None, parse: Callable[[Reply], T]) -> Call[T]:
+def _get_call(
+    key: str, wait_ms: int | None, parse: Callable[[Reply], T], after_version: int | None = None
+) -> Call[T]:
+    if wait_ms is None and after_version is None and type(key) is str:
+        return _plain_get_call(key, parse)
+    return _new_get_call(key, wait_ms, parse, after_version)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain_get_call(key: str, parse: Callable[[Reply], T]) -> Call[T]:
+    # A plain read of a key is the same Call every time (it is immutable); workers read the
+    # same few keys over and over, and percent-encoding the name is the dearest part of it.
+    return _new_get_call(key, None, parse, None)
+
+
+def _new_get_call(
+    key: str, wait_ms: int | None, parse: Callable[[Reply], T], after_version: int | None
+) -> Call[T]:
     target = _key_target(key)
+    query = []
     if wait_ms is not None:
-        target += f"?wait_ms={wait_ms}"
-    return Call("GET", target, parse, f"get of key {show(key)}", wait_s=_wait_seconds(wait_ms))
+        query.append(f"wait_ms={wait_ms}")
+    if after_version is not None:
+        query.append(f"after_version={after_version}")
+    subject = f"get of key {show(key)}"
+    if query:
+        target += "?" + "&".join(query)
+    if after_version is not None:
+        subject += f" after version {after_version}"
+    return Call("GET", target, parse, subject, wait_s=_wait_seconds(wait_ms))
 
 
 def _delete_call(key: str, if_version: int | None = None) -> Call[bool]:
@@ -224,28 +250,42 @@ def set(
     return (yield from exchange(wire, call))
 
 
-def get(wire: Wire, key: str, default: Any = RAISE, *, wait_ms: int | None = None) -> Plan[Any]:
+def get(
+    wire: Wire,
+    key: str,
+    default: Any = RAISE,
+    *,
+    wait_ms: int | None = None,
+    after_version: int | None = None,
+) -> Plan[Any]:
     """Return the value stored under `key`.
 
     A missing or expired key raises KeyNotFound, or returns `default` when one is given.
     With `wait_ms`, wait up to that long for the key to appear (the broker answers as soon as
     it is written); the call may then take up to `wait_ms` plus the client's `timeout`.
+    With `after_version=v` (a watch), wait for a version newer than `v`: when none came within
+    `wait_ms` (or at once, without `wait_ms`), NotModified is raised, with the key's current
+    `version`; `default` stands in only for a missing key.
     """
     try:
-        return (yield from exchange(wire, _get_call(key, wait_ms, _value)))
+        return (yield from exchange(wire, _get_call(key, wait_ms, _value, after_version)))
     except KeyNotFound:
         if default is RAISE:
             raise
         return default
 
 
-def get_item(wire: Wire, key: str, *, wait_ms: int | None = None) -> Plan[Item]:
+def get_item(
+    wire: Wire, key: str, *, wait_ms: int | None = None, after_version: int | None = None
+) -> Plan[Item]:
     """Return the value stored under `key` with its version and expiry, as an `Item`.
 
     Use the version for a compare-and-set: `set(key, new, ttl, if_version=item.version)`.
-    Raises KeyNotFound when the key is missing (after `wait_ms`, when given).
+    Raises KeyNotFound when the key is missing (after `wait_ms`, when given). With
+    `after_version=v`, wait for a version newer than `v` (NotModified when none came): to
+    follow a key, loop with the last item's `version`.
     """
-    return (yield from exchange(wire, _get_call(key, wait_ms, _item)))
+    return (yield from exchange(wire, _get_call(key, wait_ms, _item, after_version)))
 
 
 def delete(wire: Wire, key: str) -> Plan[bool]:

@@ -1,7 +1,7 @@
 """The one request builder, retry policy and response/error mapper, shared by both clients.
 
 Everything here is sans-I/O: an operation is a generator (a *plan*) that yields the I/O it
-needs — an `httpx.Request` to send, a `Sleep`, a `RunFactory` — and receives the outcome.
+needs — an `Attempt` to send, a `Sleep`, a `RunFactory` — and receives the outcome.
 `BrokerClient` and `AsyncBrokerClient` are thin executors that perform those steps with
 blocking or asyncio I/O. So every operation, its retries and its error mapping are written
 exactly once, and the two clients cannot drift apart.
@@ -16,6 +16,7 @@ import os
 import random
 import socket as socket_module
 import time
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -27,11 +28,13 @@ import orjson
 
 from ephemeral_broker import __version__
 from ephemeral_broker.signing import signature_headers
+from ephemeral_broker_client._transport import RawResponse, ResponseTooLarge
 from ephemeral_broker_client.errors import (
     BrokerError,
     BrokerTimeout,
     BrokerUnavailable,
     InvalidResponse,
+    NotModified,
     error_class,
 )
 
@@ -46,9 +49,6 @@ BACKOFF_FIRST_S: Final = 0.005
 BACKOFF_CAP_S: Final = 0.1
 # An attempt needs at least this much of the budget left to be worth making.
 MIN_ATTEMPT_S: Final = 0.01
-# One keep-alive connection is pooled; calls made concurrently (threads, asyncio tasks, lease
-# keepalive) open short-lived extra connections, up to this many at once.
-POOL_LIMITS: Final = httpx.Limits(max_connections=100, max_keepalive_connections=1)
 
 # Keep ':' and '@' readable (worker ids are `host:pid`); everything else outside the
 # unreserved set is percent-encoded, so httpx sends the target exactly as built here.
@@ -56,6 +56,15 @@ _NAME_SAFE: Final = ":@"
 
 
 # ---- steps a plan yields -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """Send `call` once, within `timeout_s`; the plan receives a `Reply` or the
+    `httpx.RequestError` the transport raised."""
+
+    call: Call[Any]
+    timeout_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,48 +81,18 @@ class RunFactory:
     renewal: Renewal
 
 
-Step: TypeAlias = "httpx.Request | Sleep | RunFactory"
+Step: TypeAlias = "Attempt | Sleep | RunFactory"
 Plan: TypeAlias = Generator[Step, Any, T]
-
-
-class Drive(Generic[T]):
-    """Steps through a plan for an executor: `next()` is the next I/O step to perform, or
-    None once the plan returned (its value is then `result`); `resume(outcome)` or
-    `fail(error)` hands back what the step gave."""
-
-    __slots__ = ("_error", "_outcome", "_plan", "result")
-
-    def __init__(self, plan: Plan[T]) -> None:
-        self._plan = plan
-        self._outcome: Any = None
-        self._error: Exception | None = None
-
-    def next(self) -> Step | None:
-        try:
-            if self._error is None:
-                step: Step = self._plan.send(self._outcome)
-            else:
-                step = self._plan.throw(self._error)
-        except StopIteration as done:
-            self.result: T = done.value
-            return None
-        self._outcome = self._error = None
-        return step
-
-    def resume(self, outcome: Any) -> None:
-        self._outcome = outcome
-
-    def fail(self, error: Exception) -> None:
-        self._error = error
 
 
 @dataclass(slots=True)
 class Reply:
-    """A broker answer, read in full."""
+    """A broker answer, read in full (the body decoded from any content-encoding)."""
 
     status: int
-    headers: httpx.Headers
     content: bytes
+    request_id: str | None
+    etag: str | None = None
     elapsed_s: float = 0.0
 
 
@@ -133,6 +112,8 @@ class Wire:
     secret: str | None
     timeout: float
     headers: tuple[tuple[bytes, bytes], ...]
+    # The same headers as they go on the wire, each line ending in CRLF.
+    head: bytes
 
 
 def resolve_wire(socket: str | os.PathLike[str] | None, secret: str | None, timeout: float) -> Wire:
@@ -160,7 +141,8 @@ def resolve_wire(socket: str | os.PathLike[str] | None, secret: str | None, time
         (b"accept-encoding", b"identity"),
         (b"user-agent", f"ephemeral-broker-client/{__version__}".encode()),
     )
-    return Wire(path, secret or None, float(timeout), headers)
+    head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+    return Wire(path, secret or None, float(timeout), headers, head)
 
 
 # ---- names and values ----------------------------------------------------------------------
@@ -286,6 +268,80 @@ def build_request(wire: Wire, call: Call[Any], timeout_s: float) -> httpx.Reques
     )  # fmt: skip
 
 
+def request_head(wire: Wire, call: Call[Any]) -> bytes:
+    """The head of the request for one attempt, as it goes on the wire (fresh timestamp and
+    signature when signing). The same request as `build_request`'s, without httpx."""
+    if wire.secret is None and not call.headers and not call.body:
+        return _plain_head(call.method, call.target, wire.head)
+    target = call.target
+    lines = [b"%s %s HTTP/1.1\r\n" % (call.method.encode(), target.encode("ascii")), wire.head]
+    lines.extend(b"%s: %s\r\n" % pair for pair in call.headers)
+    body = call.body
+    if body:
+        lines.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+    elif call.method in ("POST", "PUT"):
+        lines.append(b"content-length: 0\r\n")
+    if wire.secret is not None:
+        timestamp = time.time_ns() // 1_000_000
+        signed = signature_headers(wire.secret, timestamp, call.method, target, body)
+        lines.extend(f"{k}: {v}\r\n".encode() for k, v in signed.items())
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain_head(method: str, target: str, wire_head: bytes) -> bytes:
+    # An unsigned request without a body or headers of its own (a GET, a DELETE) is the same
+    # bytes every time: workers read the same few keys over and over.
+    head = b"%s %s HTTP/1.1\r\n%s" % (method.encode(), target.encode("ascii"), wire_head)
+    if method in ("POST", "PUT"):
+        head += b"content-length: 0\r\n"
+    return head + b"\r\n"
+
+
+def reply_from_raw(raw: RawResponse, limit: int) -> Reply:
+    """A `Reply` from a `UnixTransport` response; a gzip body (the client asks for none, but
+    a proxy or another server may send one) is decoded, to at most `limit` bytes."""
+    content = raw.body
+    request_id = etag = None
+    for name, value in raw.headers:
+        lowered = name.lower()
+        if lowered == b"x-request-id":
+            request_id = value.decode("latin-1")
+        elif lowered == b"etag":
+            etag = value.decode("latin-1")
+        elif lowered == b"content-encoding":
+            content = _decoded(content, value.strip().lower(), limit)
+    return Reply(raw.status, content, request_id, etag)
+
+
+def _decoded(content: bytes, encoding: bytes, limit: int) -> bytes:
+    if encoding in (b"", b"identity"):
+        return content
+    if encoding not in (b"gzip", b"x-gzip", b"deflate"):
+        raise httpx.DecodingError(f"unsupported content-encoding {encoding.decode('latin-1')!r}")
+    # deflate as servers send it is zlib-wrapped; wbits 47 accepts zlib or gzip alike.
+    decoder = zlib.decompressobj(47)
+    try:
+        decoded = decoder.decompress(content, limit + 1)
+    except zlib.error as exc:
+        raise httpx.DecodingError(f"the {encoding.decode()} body is corrupt: {exc}") from None
+    if len(decoded) > limit:
+        raise ResponseTooLarge(
+            f"the response decompresses to more than the transport's limit of {limit} bytes "
+            "(max_response_bytes)"
+        )
+    if not decoder.eof:
+        raise httpx.DecodingError(f"the {encoding.decode()} body is truncated")
+    return decoded
+
+
+def reply_from_response(response: httpx.Response, content: bytes) -> Reply:
+    """A `Reply` from any httpx transport's response (its body read and decoded by httpx)."""
+    headers = response.headers
+    return Reply(response.status_code, content, headers.get("x-request-id"), headers.get("etag"))
+
+
 def exchange(wire: Wire, call: Call[T]) -> Plan[T]:
     """Send `call`, retrying connection failures within the call's one time budget.
 
@@ -305,7 +361,8 @@ def exchange(wire: Wire, call: Call[T]) -> Plan[T]:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             # A pause that overslept on a loaded machine, or a budget too small to build the
-            # first request in: a non-positive timeout would make httpcore raise ValueError.
+            # first request in: no transport can use a non-positive timeout (httpcore raises
+            # ValueError for one).
             if retried is not None:
                 raise _unreachable(wire, call, retried, attempt - 1, started) from retried
             raise BrokerTimeout(
@@ -313,9 +370,8 @@ def exchange(wire: Wire, call: Call[T]) -> Plan[T]:
                 f"the {budget:g} s budget for {call.subject} ran out before the request "
                 f"could be sent to the broker at {wire.socket}",
             )
-        request = build_request(wire, call, remaining)
         sent_at = time.perf_counter()
-        outcome: Reply | httpx.RequestError = yield request
+        outcome: Reply | httpx.RequestError = yield Attempt(call, remaining)
         if isinstance(outcome, Reply):
             outcome.elapsed_s = time.perf_counter() - sent_at
             return finish(call, outcome)
@@ -350,6 +406,10 @@ def _retry_delay(
             "timeout",
             f"no answer from the broker at {wire.socket} to {call.subject} within "
             f"{budget:g} s ({type(error).__name__})",
+        ) from error
+    if isinstance(error, ResponseTooLarge):
+        raise InvalidResponse(
+            "invalid_response", f"the broker's answer to {call.subject} is too large: {error}"
         ) from error
     if isinstance(error, httpx.DecodingError):
         raise InvalidResponse(
@@ -396,14 +456,30 @@ def finish(call: Call[T], reply: Reply) -> T:
                 f"the broker's answer to {call.subject} could not be decoded: {exc} "
                 f"(status {reply.status}, {len(reply.content)} bytes)",
                 status=reply.status,
-                request_id=reply.headers.get("x-request-id"),
+                request_id=reply.request_id,
             ) from None
+    if reply.status == 304:
+        raise _not_modified(call, reply)
     raise problem(call, reply)
+
+
+def _not_modified(call: Call[Any], reply: Reply) -> NotModified:
+    """A watch (`after_version`) that saw no newer version: the ETag names the current one."""
+    etag = (reply.etag or "").strip().removeprefix("W/").strip('"')
+    version = int(etag) if etag.isascii() and etag.isdigit() else None
+    now = f" (the key is at version {version})" if version is not None else ""
+    return NotModified(
+        "not_modified",
+        f"{call.subject}: no newer version came{now}",
+        status=304,
+        request_id=reply.request_id,
+        version=version,
+    )
 
 
 def problem(call: Call[Any], reply: Reply) -> BrokerError:
     """Map a problem+json answer to its exception class by the stable `code`."""
-    request_id = reply.headers.get("x-request-id")
+    request_id = reply.request_id
     try:
         body = orjson.loads(reply.content)
         code, detail = body["code"], body["detail"]

@@ -76,7 +76,8 @@ CONNECTION_ARGS = """
             is signed (HMAC-SHA256 over the request target and body, SPEC section 5).
         timeout: seconds one call may take, all connection retries included: a broker that
             is still starting is reached as soon as it listens, and no call takes longer.
-        transport: an httpx transport to use instead of the Unix-socket one (for tests).
+        transport: any httpx transport to use instead of the client's own `UnixTransport`
+            (`AsyncUnixTransport`): `httpx.HTTPTransport(uds=...)`, a `MockTransport` …
 """
 
 

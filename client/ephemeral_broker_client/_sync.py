@@ -15,15 +15,19 @@ import httpx
 from ephemeral_broker_client import _operations as ops
 from ephemeral_broker_client._protocol import (
     DEFAULT_TIMEOUT,
-    POOL_LIMITS,
-    Drive,
+    Attempt,
     Plan,
     Renewal,
     Reply,
     RunFactory,
     Sleep,
+    build_request,
+    reply_from_raw,
+    reply_from_response,
+    request_head,
 )
 from ephemeral_broker_client._shared import CONNECTION_ARGS, ClientBase, LeaseBase
+from ephemeral_broker_client._transport import UnixTransport
 from ephemeral_broker_client.errors import BrokerError
 from ephemeral_broker_client.models import LeaseGrant
 
@@ -56,15 +60,14 @@ class _Keeper:
             self._thread.join()
 
 
-# Clients that own their transport, to give each a fresh connection pool in a forked child:
-# a pooled connection shared by two processes would interleave their requests.
-_OWN_TRANSPORT: weakref.WeakSet[BrokerClient] = weakref.WeakSet()
+# Every client, to forget its keepalive threads in a forked child: they do not exist there.
+# (The transport itself gives the child a fresh connection pool.)
+_CLIENTS: weakref.WeakSet[BrokerClient] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
-    for client in list(_OWN_TRANSPORT):
-        client._transport = client._new_transport()
-        client._keepers.clear()  # their threads do not exist in the child
+    for client in list(_CLIENTS):
+        client._keepers.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -74,7 +77,8 @@ if hasattr(os, "register_at_fork"):
 class BrokerClient(ClientBase):
     __doc__ = f"""A blocking client of the broker on a Unix socket; thread-safe.
     {CONNECTION_ARGS}
-    One keep-alive connection is pooled. Use as a context manager, or call `close()`.
+    Connections are kept alive and pooled (`UnixTransport`). Use as a context manager, or call
+    `close()`.
     """
 
     def __init__(
@@ -87,43 +91,57 @@ class BrokerClient(ClientBase):
     ) -> None:
         super().__init__(socket, secret, timeout)
         self._keepers: set[_Keeper] = set()
-        if transport is None:
-            self._transport: httpx.BaseTransport = self._new_transport()
-            _OWN_TRANSPORT.add(self)
-        else:
-            self._transport = transport
-
-    def _new_transport(self) -> httpx.BaseTransport:
-        return httpx.HTTPTransport(uds=self._wire.socket, limits=POOL_LIMITS)
+        _CLIENTS.add(self)
+        self._transport: httpx.BaseTransport = (
+            UnixTransport(self._wire.socket) if transport is None else transport
+        )
+        # Our own transport is driven with bytes, without httpx's Request and Response.
+        self._raw = self._transport if isinstance(self._transport, UnixTransport) else None
 
     # ---- execution ---------------------------------------------------------------------------
 
     def _run(self, plan: Plan[T]) -> T:
+        """Perform the plan's steps until it returns. (The loop is written out rather than
+        shared with the async client: on a call that costs tens of microseconds in all, a
+        helper object's method calls per step show.)"""
         if self._closed:
             raise RuntimeError("this BrokerClient is closed")
-        drive = Drive(plan)
-        while (step := drive.next()) is not None:
-            if isinstance(step, httpx.Request):
-                drive.resume(self._send(step))
-            elif isinstance(step, Sleep):
+        outcome: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                step = plan.send(outcome) if error is None else plan.throw(error)
+            except StopIteration as done:
+                result: T = done.value
+                return result
+            error = None
+            if type(step) is Attempt:
+                outcome = self._send(step)
+            elif type(step) is Sleep:
+                outcome = None
                 time.sleep(step.seconds)
             else:
+                assert isinstance(step, RunFactory)
                 try:
-                    drive.resume(self._run_factory(step))
+                    outcome = self._run_factory(step)
                 except Exception as exc:
-                    drive.fail(exc)
-        return drive.result
+                    error = exc
 
-    def _send(self, request: httpx.Request) -> Reply | httpx.RequestError:
+    def _send(self, attempt: Attempt) -> Reply | httpx.RequestError:
+        call, timeout = attempt.call, attempt.timeout_s
+        raw = self._raw
         try:
-            response = self._transport.handle_request(request)
+            if raw is not None:
+                answer = raw.roundtrip(request_head(self._wire, call), call.body, timeout)
+                return reply_from_raw(answer, raw.max_response_bytes)
+            response = self._transport.handle_request(build_request(self._wire, call, timeout))
             try:
                 content = response.read()
             finally:
                 response.close()
         except httpx.RequestError as exc:
             return exc
-        return Reply(response.status_code, response.headers, content)
+        return reply_from_response(response, content)
 
     def _run_factory(self, step: RunFactory) -> Any:
         keeper = _Keeper(self, step.renewal)
@@ -179,7 +197,6 @@ class BrokerClient(ClientBase):
             keeper.stop()
         self._closed = True
         self._transport.close()
-        _OWN_TRANSPORT.discard(self)
 
     def __enter__(self) -> BrokerClient:
         return self

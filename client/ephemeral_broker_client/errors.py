@@ -63,6 +63,36 @@ class PreconditionFailed(BrokerError):
     """`if_absent`, `if_version` or a lease token did not hold (`precondition_failed`)."""
 
 
+class NotModified(BrokerError):
+    """A watch (`get(..., after_version=v)`) ended without a version newer than `v`
+    (`not_modified`, HTTP 304). `version` is the key's current version (None if the broker did
+    not say)."""
+
+    def __init__(
+        self,
+        code: str,
+        detail: str,
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        version: int | None = None,
+    ) -> None:
+        super().__init__(code, detail, status=status, request_id=request_id)
+        self.version = version
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (
+            _rebuild_not_modified,
+            (self.code, self.detail, self.status, self.request_id, self.version),
+        )
+
+
+def _rebuild_not_modified(
+    code: str, detail: str, status: int | None, request_id: str | None, version: int | None
+) -> NotModified:
+    return NotModified(code, detail, status=status, request_id=request_id, version=version)
+
+
 class PoolExhausted(BrokerError):
     """No free value below the pool's `size`, even after `wait_ms` (`pool_exhausted`)."""
 
@@ -108,6 +138,7 @@ _BY_CODE: Final[Mapping[str, type[BrokerError]]] = {
     "expired": KeyNotFound,
     "precondition_failed": PreconditionFailed,
     "pool_exhausted": PoolExhausted,
+    "not_modified": NotModified,
     "lease_not_found": LeaseNotFound,
     "too_large": TooLarge,
     "max_items": StoreFull,
