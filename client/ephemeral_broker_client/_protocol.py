@@ -15,6 +15,7 @@ import math
 import os
 import random
 import socket as socket_module
+import stat
 import time
 import zlib
 from abc import ABC, abstractmethod
@@ -356,6 +357,7 @@ def exchange(wire: Wire, call: Call[T]) -> Plan[T]:
     attempt = 0
     refused: httpx.ConnectError | None = None
     retried: httpx.RequestError | None = None  # the failure the pause before this attempt followed
+    stale_refusals = 0  # refusals in a row on a socket file that exists
     while True:
         attempt += 1
         remaining = deadline - time.monotonic()
@@ -377,6 +379,20 @@ def exchange(wire: Wire, call: Call[T]) -> Plan[T]:
             return finish(call, outcome)
         if isinstance(outcome, httpx.ConnectError):
             refused = outcome
+            unusable = _unusable_socket(wire.socket)
+            stale_refusals = stale_refusals + 1 if unusable is not None else 0
+            # A missing socket is a broker that may still be starting: wait for it. A socket
+            # file nobody listens on is refused twice, STALE_RECHECK_S apart (a broker between
+            # its bind and its listen refuses too, for microseconds), then given up at once;
+            # a path that cannot be a socket at all, at once.
+            if unusable is not None and (stale_refusals >= 2 or unusable.final):
+                raise BrokerUnavailable(
+                    "unavailable", f"{unusable.reason} (for {call.subject}: {_describe(outcome)})"
+                ) from outcome
+            if unusable is not None:
+                retried = outcome
+                yield Sleep(min(STALE_RECHECK_S, max(0.0, deadline - time.monotonic())))
+                continue
         elif refused is not None and isinstance(outcome, _NOT_SENT_TIMEOUTS):
             # The last sliver of the budget ran out while connecting to a broker that was
             # not there a moment ago: still "cannot reach", not "no answer".
@@ -384,6 +400,29 @@ def exchange(wire: Wire, call: Call[T]) -> Plan[T]:
         delay = _retry_delay(wire, call, outcome, attempt, started, deadline, budget)
         retried = outcome
         yield Sleep(delay)
+
+
+STALE_RECHECK_S: Final = 0.02
+
+
+@dataclass(frozen=True, slots=True)
+class _Unusable:
+    reason: str
+    final: bool  # nothing about it can change by waiting (a file, a directory, no permission)
+
+
+def _unusable_socket(path: str) -> _Unusable | None:
+    """Why the socket path cannot be a broker that is still starting, or None when it may be
+    (nothing there yet)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return _Unusable(f"cannot use the socket path {path}: {exc.strerror}", final=True)
+    if not stat.S_ISSOCK(info.st_mode):
+        return _Unusable(f"{path} is not a socket", final=True)
+    return _Unusable(f"no broker is listening on {path}: stale socket?", final=False)
 
 
 # Timeouts before anything was sent.
