@@ -283,3 +283,13 @@ async def test_a_json_number_without_a_fraction_is_an_integer(api: httpx.AsyncCl
     assert "field 'by'" in assert_problem(huge, 422, "validation_error")["detail"]
     token = await api.delete("/v1/leases/p/w", params={"token": str(2**63)})
     assert "query parameter 'token'" in assert_problem(token, 422, "validation_error")["detail"]
+
+
+async def test_an_empty_conditional_header_is_no_condition(api: httpx.AsyncClient) -> None:
+    # An empty list of entity tags: the same as sending no header (as the document says).
+    created = await api.put(
+        "/v1/keys/e", json={"value": 1, "ttl_ms": 1000}, headers={"If-Match": ""}
+    )
+    assert created.status_code == 201
+    got = await api.get("/v1/keys/e", headers={"If-None-Match": ""})
+    assert got.status_code == 200

@@ -26,7 +26,8 @@ from ephemeral_broker.schemas import INT64_MAX, INT64_MIN
 # No '/', no whitespace, no C0/DEL/C1 control character (ECMA-262 regex, as JSON Schema uses).
 NAME_PATTERN: Final = r"^[^/\s\x00-\x1f\x7f-\x9f]+$"
 PREFIX_PATTERN: Final = r"^[^/\s\x00-\x1f\x7f-\x9f]*$"
-ETAG_LIST_PATTERN: Final = r'^(\*|(W/)?"[0-9]{1,20}"([ \t]*,[ \t]*(W/)?"[0-9]{1,20}")*)$'
+# Empty is allowed: an empty header is the same as none (an empty list of entity tags).
+ETAG_LIST_PATTERN: Final = r'^(|\*|(W/)?"[0-9]{1,20}"([ \t]*,[ \t]*(W/)?"[0-9]{1,20}")*)$'
 _NAME_PARAMS: Final = frozenset({("path", "key"), ("path", "pool"), ("path", "worker_id"),
                                   ("query", "worker_id")})  # fmt: skip
 _PROBES: Final = frozenset({"/healthz", "/readyz"})
@@ -195,8 +196,10 @@ def _operation_rules(
         elif where == "header" and name in ("if-match", "if-none-match"):
             parameter["schema"] = {"type": "string", "pattern": ETAG_LIST_PATTERN,
                                    "description": parameter.get("description", "")}  # fmt: skip
-        elif where == "query" and name in ("after_version", "token"):
+        elif (where, name) == ("query", "after_version"):
             _bound(parameter["schema"], 0, INT64_MAX)
+        elif (where, name) == ("query", "token"):
+            _bound(parameter["schema"], 1, INT64_MAX)
     if path in _PROBES:
         operation["security"] = []
     else:

@@ -81,6 +81,8 @@ def parse_etags(header: str | None, name: str) -> VersionMatch | None:
     if header is None:
         return None
     text = header.strip()
+    if not text:
+        return None  # an empty list of entity tags: the same as no header
     if text == "*":
         return "*"
     versions: set[int] = set()
