@@ -293,3 +293,16 @@ async def test_an_empty_conditional_header_is_no_condition(api: httpx.AsyncClien
     assert created.status_code == 201
     got = await api.get("/v1/keys/e", headers={"If-None-Match": ""})
     assert got.status_code == 200
+
+
+async def test_an_integer_just_below_64_bits_is_refused_not_rounded(
+    api: httpx.AsyncClient,
+) -> None:
+    # -2^63 - 1 has only 19 digits; orjson would read it as a float and lose the last digit.
+    body = b'{"value": -9223372036854775809, "ttl_ms": 1000}'
+    assert_problem(await api.put("/v1/keys/big", content=body), 400, "invalid_json")
+    incr = b'{"by": -9223372036854775809, "ttl_ms": 1000}'
+    assert_problem(await api.post("/v1/keys/big/incr", content=incr), 400, "invalid_json")
+    edge = b'{"value": -9223372036854775808, "ttl_ms": 1000}'
+    assert (await api.put("/v1/keys/big", content=edge)).status_code == 201
+    assert (await api.get("/v1/keys/big")).json()["value"] == -(2**63)

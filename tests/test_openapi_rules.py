@@ -119,3 +119,20 @@ def test_every_bound_is_a_json_schema_keyword(document: dict[str, Any]) -> None:
     size = document["components"]["schemas"]["AcquireLeaseRequest"]["properties"]["size"]
     branch = next(m for m in size["anyOf"] if m.get("type") == "integer")
     assert (branch["minimum"], branch["maximum"]) == (1, 1_000_000)
+
+
+def test_links_lead_to_real_operations_with_real_parameters(document: dict[str, Any]) -> None:
+    by_id = {
+        operation["operationId"]: operation
+        for _, _, operation in operations(document)
+        if "operationId" in operation
+    }
+    put_links = document["paths"]["/v1/keys/{key}"]["put"]["responses"]["201"]["links"]
+    acquire_links = document["paths"]["/v1/leases/{pool}"]["post"]["responses"]["201"]["links"]
+    assert {"GetKey", "DeleteKey", "TouchKey", "IncrKey"} <= put_links.keys()
+    assert {"RenewLease", "ReleaseLease", "ListPool"} <= acquire_links.keys()
+    assert acquire_links["ReleaseLease"]["parameters"]["token"] == "$response.body#/token"
+    for link in [*put_links.values(), *acquire_links.values()]:
+        target = by_id[link["operationId"]]
+        names = {parameter["name"] for parameter in target["parameters"]}
+        assert set(link["parameters"]) <= names, link

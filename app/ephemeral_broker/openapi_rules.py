@@ -94,6 +94,22 @@ def _problem_response(codes: list[str], existing: dict[str, Any] | None) -> dict
             "content": _PROBLEM}  # fmt: skip
 
 
+UINT64_MAX: Final = 2**64 - 1
+_JSON_VALUE_REF: Final = {"$ref": "#/components/schemas/JsonValue"}
+JSON_VALUE: Final = {
+    "description": "Any JSON value. Integers are kept exactly, so only those from -2^63 to "
+    "2^64-1 are accepted (larger ones would lose digits: send them as strings); nesting is at "
+    "most 64 levels deep.",
+    "anyOf": [
+        {"type": "null"},
+        {"type": "boolean"},
+        {"type": "string"},
+        {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1},
+        {"type": "number", "not": {"type": "integer"}},
+        {"type": "array", "items": _JSON_VALUE_REF},
+        {"type": "object", "additionalProperties": _JSON_VALUE_REF},
+    ],
+}
 _PYDANTIC_BOUNDS: Final = {
     "ge": "minimum",
     "le": "maximum",
@@ -168,6 +184,14 @@ def apply_rules(
             properties["worker_id"] = _name_schema(max_key_length) | {
                 key: declared[key] for key in ("title", "examples") if key in declared
             }
+    # A value is any JSON value, but the broker refuses integers it could not keep exactly.
+    schemas = components.setdefault("schemas", {})
+    schemas["JsonValue"] = JSON_VALUE
+    value = schemas.get("SetKeyRequest", {}).get("properties", {}).get("value")
+    if value is not None:
+        schemas["SetKeyRequest"]["properties"]["value"] = {
+            "$ref": "#/components/schemas/JsonValue"
+        } | {key: value[key] for key in ("description", "examples", "title") if key in value}
     if require_ttl:
         # A set without a TTL is refused (ttl_required) while require_ttl is on.
         set_key = components.get("schemas", {}).get("SetKeyRequest", {})
@@ -177,6 +201,51 @@ def apply_rules(
                 key: ttl[key] for key in ("description", "examples", "title") if key in ttl
             }
             set_key["required"] = sorted({*set_key.get("required", ()), "ttl_ms"})
+
+
+# OpenAPI links: how a client (or a stateful tester) goes on from an answer. A key that was
+# set is read, touched, incremented and deleted by its name; a lease that was granted is
+# renewed and released by its pool and worker, the release with its fencing token.
+_KEY = {"key": "$request.path.key"}
+_LEASE = {"pool": "$response.body#/pool", "worker_id": "$response.body#/worker_id"}
+_LINKS: Final = {
+    ("/v1/keys/{key}", "put"): {
+        "GetKey": ("getKey", _KEY),
+        "DeleteKey": ("deleteKey", _KEY),
+        "TouchKey": ("touchKey", _KEY),
+        "IncrKey": ("incrKey", _KEY),
+    },
+    ("/v1/leases/{pool}", "post"): {
+        "RenewLease": ("renewLease", _LEASE),
+        "ReleaseLease": ("releaseLease", {**_LEASE, "token": "$response.body#/token"}),
+        "ListPool": ("listPool", {"pool": "$response.body#/pool"}),
+    },
+}
+_OPERATION_IDS: Final = {
+    ("/v1/keys/{key}", "get"): "getKey",
+    ("/v1/keys/{key}", "delete"): "deleteKey",
+    ("/v1/keys/{key}/touch", "post"): "touchKey",
+    ("/v1/keys/{key}/incr", "post"): "incrKey",
+    ("/v1/leases/{pool}/{worker_id}/renew", "post"): "renewLease",
+    ("/v1/leases/{pool}/{worker_id}", "delete"): "releaseLease",
+    ("/v1/leases/{pool}", "get"): "listPool",
+}
+
+
+def _links(path: str, method: str, operation: dict[str, Any]) -> None:
+    operation_id = _OPERATION_IDS.get((path, method))
+    if operation_id is not None:
+        operation["operationId"] = operation_id
+    links = _LINKS.get((path, method))
+    if links is None:
+        return
+    declared = {
+        name: {"operationId": target, "parameters": parameters}
+        for name, (target, parameters) in links.items()
+    }
+    for status in ("200", "201"):
+        if status in operation["responses"]:
+            operation["responses"][status]["links"] = declared
 
 
 def _operation_rules(
@@ -224,3 +293,4 @@ def _operation_rules(
             headers["ETag"] = _header("ETag")
     # Sorted, so that the committed document does not move with insertion order.
     operation["responses"] = dict(sorted(responses.items()))
+    _links(path, method, operation)

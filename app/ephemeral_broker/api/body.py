@@ -19,8 +19,9 @@ from ephemeral_broker.errors import BrokerError, ErrorCode
 
 MAX_JSON_DEPTH: Final = 64
 # orjson reads integers beyond 64 bits as floats, silently losing digits. Any such integer has
-# at least 20 digits, so only bodies with a run of 20 digits are checked exactly.
-_LONG_DIGITS: Final = re.compile(rb"\d{20}")
+# at least 19 digits (-9223372036854775809, just below the signed range, has 19), so only
+# bodies with a run of 19 digits are checked exactly.
+_LONG_DIGITS: Final = re.compile(rb"\d{19}")
 _INT_MIN: Final = -(2**63)
 _UINT_MAX: Final = 2**64 - 1
 ModelT = TypeVar("ModelT", bound=BaseModel)
