@@ -7,6 +7,7 @@ same rules, and so the error sentences are written once.
 from __future__ import annotations
 
 import re
+import zlib
 from typing import Final
 
 from ephemeral_broker.errors import BrokerError, quote_name
@@ -114,3 +115,27 @@ def redact_url(url: str) -> str:
         return url
     scheme, _, rest = url.partition("://")
     return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+# zlib level 1: most of the ratio on JSON-like text at a fraction of level 6's CPU.
+ZLIB_LEVEL: Final = 1
+
+
+def pack_value(
+    key: str, value: bytes, max_value_size: int, compression_threshold: int
+) -> tuple[bytes, bool]:
+    """Refuse a value over max_value_size (`too_large`); otherwise the bytes to keep and
+    whether they are zlib-compressed (only when at least `compression_threshold` bytes and
+    compression makes them smaller; a threshold of 0 never compresses)."""
+    size = len(value)
+    if size > max_value_size:
+        raise BrokerError(
+            "too_large",
+            f"value of key {quote_name(key)} is {size} bytes of JSON, over max_value_size of "
+            f"{max_value_size} bytes",
+        )
+    if compression_threshold and size >= compression_threshold:
+        packed = zlib.compress(value, ZLIB_LEVEL)
+        if len(packed) < size:
+            return packed, True
+    return value, False

@@ -33,7 +33,7 @@ import orjson
 
 from ephemeral_broker.clock import Clock, SystemClock
 from ephemeral_broker.errors import BrokerError, quote_name
-from ephemeral_broker.rules import check_name, check_wait_ms, resolve_ttl
+from ephemeral_broker.rules import check_name, check_wait_ms, pack_value, resolve_ttl
 from ephemeral_broker.store.base import (
     NO_PRECONDITION,
     Item,
@@ -51,8 +51,6 @@ from ephemeral_broker.store.leases import LeaseTable
 from ephemeral_broker.store.sortedkeys import SortedKeys
 from ephemeral_broker.store.watch import KeyWatchers
 
-# zlib level 1: most of the ratio on JSON-like text at a fraction of level 6's CPU.
-_ZLIB_LEVEL: Final = 1
 # Rough bytes an entry costs beyond its key and stored value (dict slot, entry object, heap
 # pair, index slot, int objects): measured by `bench` memory runs, used by approx_store_bytes.
 ENTRY_OVERHEAD_BYTES: Final = 400
@@ -151,21 +149,15 @@ class MemoryStore:
         heapify(self._heap)
 
     def _encode(self, key: str, value: bytes) -> tuple[bytes, bool]:
-        size = len(value)
-        if size > self.limits.max_value_size:
-            raise BrokerError(
-                "too_large",
-                f"value of key {quote_name(key)} is {size} bytes of JSON, over max_value_size of "
-                f"{self.limits.max_value_size} bytes",
-            )
-        threshold = self.limits.compression_threshold
-        if threshold and size >= threshold:
-            packed = zlib.compress(value, _ZLIB_LEVEL)
-            if len(packed) < size:
-                self._compress_before += size
-                self._compress_after += len(packed)
-                self._stored_compressed += 1
-                return packed, True
+        limits = self.limits
+        packed, compressed = pack_value(
+            key, value, limits.max_value_size, limits.compression_threshold
+        )
+        if compressed:
+            self._compress_before += len(value)
+            self._compress_after += len(packed)
+            self._stored_compressed += 1
+            return packed, True
         self._stored_plain += 1
         # A right-sized copy: orjson (3.12 and later) returns bytes whose allocation is rounded
         # up, 4 KiB for a 100-byte value, 64 KiB for a 5 KB one, and never trimmed; keeping

@@ -47,6 +47,7 @@ from ephemeral_broker.rules import (
     check_name,
     check_namespace,
     check_wait_ms,
+    pack_value,
     redact_url,
     resolve_ttl,
 )
@@ -70,7 +71,6 @@ from ephemeral_broker.store.base import (
 from ephemeral_broker.store.memory import ENTRY_OVERHEAD_BYTES, _json_type
 from ephemeral_broker.store.watch import KeyWatchers
 
-_ZLIB_LEVEL: Final = 1
 # Longer than any TTL a value or lease can have: what keeps an abandoned namespace bounded.
 SAFETY_MARGIN_MS: Final = 3_600_000
 # How long a broker's liveness key lasts; refreshed every third of it while it has queued
@@ -400,19 +400,7 @@ class RedisStore:
         )
 
     def _encode(self, key: str, value: bytes) -> tuple[bytes, bool]:
-        size = len(value)
-        if size > self.limits.max_value_size:
-            raise BrokerError(
-                "too_large",
-                f"value of key {quote_name(key)} is {size} bytes of JSON, over max_value_size of "
-                f"{self.limits.max_value_size} bytes",
-            )
-        threshold = self.limits.compression_threshold
-        if threshold and size >= threshold:
-            packed = zlib.compress(value, _ZLIB_LEVEL)
-            if len(packed) < size:
-                return packed, True
-        return value, False
+        return pack_value(key, value, self.limits.max_value_size, self.limits.compression_threshold)
 
     @staticmethod
     def _precondition_failed(key: str, reply: Any) -> BrokerError:
