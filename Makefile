@@ -101,7 +101,7 @@ test: lint typecheck pytest
 
 # Through a temporary file: a generation that fails leaves openapi.json as it was.
 openapi: $(STAMP)
-	$(BIN)/python -m ephemeral_broker.openapi > openapi.json.tmp
+	$(BIN)/python -m ephemeral_broker.api.openapi > openapi.json.tmp
 	mv openapi.json.tmp openapi.json
 
 bench: $(STAMP)

@@ -46,7 +46,7 @@ START_SIGNAL = signal.SIGUSR1
 
 def serve_profiled(socket_path: str, out: str) -> None:
     """The child: the broker's own `serve`, profiled from START_SIGNAL until it stops."""
-    from ephemeral_broker.cli import main
+    from ephemeral_broker.cli.main import main
 
     profiler = cProfile.Profile(time.thread_time)
     # The handler runs on the main thread, which is the one serving: that is what it profiles.

@@ -10,8 +10,8 @@ import httpx
 import orjson
 import pytest
 
+from ephemeral_broker.api.app import create_app
 from ephemeral_broker.clock import FakeClock
-from ephemeral_broker.main import create_app
 from ephemeral_broker.settings import BrokerSettings
 from ephemeral_broker.store import MemoryStore, StoreLimits
 from tests.conftest import AppFactory, asgi_call, assert_problem

@@ -232,7 +232,7 @@ async def test_defect_10_a_put_serialises_the_value_exactly_once(
 ) -> None:
     """Seed defect #10: objects were serialised once to check their size and again to store.
     The keys route encodes the value once; the store sizes, compresses and keeps those bytes."""
-    from ephemeral_broker.api import keys as keys_module
+    from ephemeral_broker.api.routes import keys as keys_module
 
     calls: list[object] = []
     real = orjson.dumps

@@ -170,7 +170,7 @@ def test_fastapi_telemetry_stays_off_whatever_the_environment(
 ) -> None:
     """The broker never exports spans, metrics or logs: FastAPI's native OpenTelemetry would
     name URL paths (keys) and send them wherever the environment's exporters point."""
-    from ephemeral_broker.main import create_app
+    from ephemeral_broker.api.app import create_app
     from ephemeral_broker.settings import BrokerSettings
 
     monkeypatch.setenv("FASTAPI_OTEL_AUTO_CONFIGURE", "true")

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from ephemeral_broker.api.app import create_app
 from ephemeral_broker.clock import FakeClock
-from ephemeral_broker.main import create_app
 from ephemeral_broker.settings import BrokerSettings
 from ephemeral_broker.signing import sign, signature_headers
 from tests.conftest import BROKER_EXE, AppFactory, BrokerFactory, BrokerProcess, asgi_call

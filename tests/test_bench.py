@@ -77,7 +77,7 @@ def test_profile_attributes_the_brokers_cpu_to_packages_and_names_our_routes() -
     assert {"our code (app/)", "fastapi", "uvicorn"} <= shares.keys(), shares
     assert abs(sum(shares.values()) - 100) < 1, shares
     # The profile covers serving GETs, not start-up: the keys route is among the functions.
-    assert "app/ephemeral_broker/api/keys.py" in result.stdout and "(get_key)" in result.stdout
+    assert "api/routes/keys.py" in result.stdout and "(get_key)" in result.stdout
 
 
 def test_soak_reports_ops_errors_and_the_brokers_resources(tmp_path: Path) -> None:

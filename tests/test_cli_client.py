@@ -183,7 +183,7 @@ def test_the_secret_is_read_from_ephemeral_secret(short_tmp: Path) -> None:
 def test_client_commands_do_not_load_the_server_stack(shared_broker: BrokerProcess) -> None:
     probe = (
         "import sys\n"
-        "from ephemeral_broker.cli import main\n"
+        "from ephemeral_broker.cli.main import main\n"
         f"code = main(['ping', '--socket', {str(shared_broker.socket)!r}])\n"
         "loaded = sorted({m.split('.')[0] for m in sys.modules} & "
         "{'fastapi', 'uvicorn', 'starlette', 'prometheus_client', 'pydantic_settings'})\n"

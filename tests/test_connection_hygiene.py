@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ephemeral_broker.http_protocol import MAX_HEAD_BYTES
+from ephemeral_broker.serving.protocol import MAX_HEAD_BYTES
 from tests.conftest import BrokerFactory, BrokerProcess, split_response, uds_client, wait_until
 
 

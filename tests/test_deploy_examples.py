@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ephemeral_broker.listen_address import parse_listen_address
+from ephemeral_broker.serving.listen_address import parse_listen_address
 from ephemeral_broker.settings import BrokerSettings
 
 from .test_image import dockerfile_instructions

@@ -29,7 +29,7 @@ from packaging.requirements import Requirement  # pytest's own dependency
 from packaging.utils import canonicalize_name
 from prometheus_client.parser import text_string_to_metric_families
 
-from ephemeral_broker.main import create_app
+from ephemeral_broker.api.app import create_app
 from ephemeral_broker.settings import BrokerSettings
 
 from .conftest import BrokerProcess, wait_until

@@ -11,16 +11,16 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ephemeral_broker.cli_client import broker_series_only
+from ephemeral_broker.api.runtime import Runtime
+from ephemeral_broker.cli.client_commands import broker_series_only
 from ephemeral_broker.clock import FakeClock
-from ephemeral_broker.listen_address import (
+from ephemeral_broker.metrics import BrokerMetrics
+from ephemeral_broker.serving.listen_address import (
     ListenAddress,
     MetricsListenError,
     parse_listen_address,
 )
-from ephemeral_broker.metrics import BrokerMetrics
-from ephemeral_broker.metrics_listener import MetricsEndpoints
-from ephemeral_broker.runtime import Runtime
+from ephemeral_broker.serving.metrics_listener import MetricsEndpoints
 from ephemeral_broker.store.memory import MemoryStore
 from tests.conftest import BROKER_EXE, BrokerFactory, asgi_call, assert_problem, uds_client
 from tests.test_store_memory import limits

@@ -10,7 +10,7 @@ import zlib
 import orjson
 import pytest
 
-from ephemeral_broker.main import create_app
+from ephemeral_broker.api.app import create_app
 from ephemeral_broker.settings import BrokerSettings
 from tests.conftest import asgi_call, http_scope
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ephemeral_broker.main import create_app
+from ephemeral_broker.api.app import create_app
 from ephemeral_broker.settings import BrokerSettings
 from tests.conftest import BrokerProcess, asgi_call, split_response
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from ephemeral_broker.openapi import render
+from ephemeral_broker.api.openapi import render
 
 ROOT = Path(__file__).resolve().parent.parent
 

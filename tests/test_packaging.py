@@ -129,7 +129,7 @@ def test_the_wheel_installs_only_project_unique_import_names(wheel: Path) -> Non
     assert "ephemeral_broker/py.typed" in names
     assert "ephemeral_broker_client/py.typed" in names
     assert "ephemeral_broker = ephemeral_broker_client.pytest_plugin" in entry_points
-    assert "epb = ephemeral_broker.cli:main" in entry_points
+    assert "epb = ephemeral_broker.cli.main:main" in entry_points
 
 
 def test_a_users_pytest_without_the_plugin_enabled(user_project: Path, fresh_venv: Path) -> None:

@@ -24,8 +24,8 @@ import pytest
 # imported when it ends, and a second copy of the client's modules imported by a later run
 # would mix with the first (the package keeps its attributes). Runs that talk to a broker
 # run in a subprocess: httpx imports httpcore only on first use, with the same effect.
-import ephemeral_broker_client._pytest_broker
-import ephemeral_broker_client._pytest_fixtures  # noqa: F401
+import ephemeral_broker_client.pytest_plugin.broker
+import ephemeral_broker_client.pytest_plugin.fixtures  # noqa: F401
 from ephemeral_broker.settings import BrokerSettings
 from ephemeral_broker.store.base import StoreLimits
 from ephemeral_broker.store.redis import RedisStore

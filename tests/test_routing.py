@@ -11,10 +11,10 @@ from fastapi.dependencies.utils import request_params_to_args
 from starlette.datastructures import Headers, QueryParams
 from starlette.routing import Match
 
+from ephemeral_broker.api.app import ROUTERS
 from ephemeral_broker.api.body import error_entries
 from ephemeral_broker.api.routing import LeanRoute, RouteTable
 from ephemeral_broker.errors import BrokerError
-from ephemeral_broker.main import ROUTERS
 from tests.conftest import http_scope
 
 ROUTES = [route for router in ROUTERS for route in router.routes]
@@ -113,7 +113,7 @@ def test_lean_binding_matches_fastapi_for_query_parameters(query: str) -> None:
      (("if-none-match", "*"), ("x-other", "y")), (("if-match", "caf\xe9"),)],
 )  # fmt: skip
 def test_lean_binding_matches_fastapi_for_headers(headers: tuple[tuple[str, str], ...]) -> None:
-    from ephemeral_broker.api.keys import router
+    from ephemeral_broker.api.routes.keys import router
 
     route = next(r for r in router.routes if getattr(r, "name", "") == "keys.set")
     assert isinstance(route, LeanRoute)
@@ -154,7 +154,7 @@ async def test_a_bug_behind_the_route_table_is_still_a_problem_500_logged_once(
 
     import httpx
 
-    from ephemeral_broker.main import create_app
+    from ephemeral_broker.api.app import create_app
     from ephemeral_broker.settings import BrokerSettings
     from tests.conftest import assert_problem
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ephemeral_broker.cli import build_parser
-from ephemeral_broker.cli_settings import settings_from_args
+from ephemeral_broker.cli.main import build_parser
+from ephemeral_broker.cli.settings_flags import settings_from_args
 from ephemeral_broker.settings import BrokerSettings, describe_settings_error
 from tests.conftest import BROKER_EXE
 

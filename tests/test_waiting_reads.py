@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from ephemeral_broker.api.app import create_app
 from ephemeral_broker.clock import FakeClock
 from ephemeral_broker.errors import BrokerError
-from ephemeral_broker.main import create_app
 from ephemeral_broker.settings import BrokerSettings
 from ephemeral_broker.store import MemoryStore, StoreLimits
 

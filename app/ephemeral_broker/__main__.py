@@ -1,3 +1,3 @@
-from ephemeral_broker.cli import main
+from ephemeral_broker.cli.main import main
 
 raise SystemExit(main())

@@ -22,13 +22,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ephemeral_broker.listen_address import (
+from ephemeral_broker.rules import check_namespace
+from ephemeral_broker.serving.listen_address import (
     ListenAddress,
     MetricsListenError,
     parse_listen_address,
 )
-from ephemeral_broker.rules import check_namespace
-from ephemeral_broker.unix_socket import (
+from ephemeral_broker.serving.unix_socket import (
     DEFAULT_SOCKET_DIR_PREFIX,
     DEFAULT_SOCKET_NAME,
     MAX_SOCKET_PATH_BYTES,

@@ -8,16 +8,13 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Coroutine
 from types import MethodType
-from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from ephemeral_broker_client import _operations as ops
 from ephemeral_broker_client._protocol import Plan, Wire, logger, resolve_wire
+from ephemeral_broker_client._typing import AsyncioClient, BlockingClient
 from ephemeral_broker_client.errors import BrokerError
 from ephemeral_broker_client.models import LeaseGrant
-
-if TYPE_CHECKING:
-    from ephemeral_broker_client._async import AsyncBrokerClient
-    from ephemeral_broker_client._sync import BrokerClient
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -52,10 +49,12 @@ class Operation(Generic[P, T]):
     @overload
     def __get__(self, instance: None, owner: type[Any]) -> Operation[P, T]: ...
     @overload
-    def __get__(self, instance: BrokerClient, owner: type[Any] | None = None) -> Callable[P, T]: ...
+    def __get__(
+        self, instance: BlockingClient, owner: type[Any] | None = None
+    ) -> Callable[P, T]: ...
     @overload
     def __get__(
-        self, instance: AsyncBrokerClient, owner: type[Any] | None = None
+        self, instance: AsyncioClient, owner: type[Any] | None = None
     ) -> Callable[P, Coroutine[Any, Any, T]]: ...
     def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
         cls = owner if owner is not None else type(instance)

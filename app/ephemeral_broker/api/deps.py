@@ -8,9 +8,9 @@ from typing import Any, Final
 import orjson
 from fastapi import Request, Response
 
+from ephemeral_broker.api.runtime import Runtime
 from ephemeral_broker.errors import BrokerError
 from ephemeral_broker.metrics import BrokerMetrics
-from ephemeral_broker.runtime import Runtime
 from ephemeral_broker.store import Store
 from ephemeral_broker.store.base import VersionMatch
 

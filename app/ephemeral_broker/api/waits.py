@@ -11,8 +11,8 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from ephemeral_broker.api.runtime import Runtime
 from ephemeral_broker.errors import BrokerError
-from ephemeral_broker.runtime import Runtime
 
 T = TypeVar("T")
 

@@ -2,7 +2,7 @@
 on a socket path, the default socket's place, and the probe that tells a live socket from a
 dead one.
 
-Standard library only: the client side (`ephemeral_broker_client._pytest_broker`) uses it
+Standard library only: the client side (`ephemeral_broker_client.pytest_plugin.broker`) uses it
 without loading the server stack or pydantic.
 """
 

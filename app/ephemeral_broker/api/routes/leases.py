@@ -17,8 +17,7 @@ from ephemeral_broker.api.body import openapi_body, read_model
 from ephemeral_broker.api.deps import json_response, runtime_of, set_result, store_of
 from ephemeral_broker.api.responses import COMMON, WITH_BODY, problems
 from ephemeral_broker.api.routing import LeanRoute
-from ephemeral_broker.api.waits import unless_draining
-from ephemeral_broker.schemas import (
+from ephemeral_broker.api.schemas import (
     INT64_MAX,
     AcquireLeaseRequest,
     LeaseResponse,
@@ -28,6 +27,7 @@ from ephemeral_broker.schemas import (
     ReleaseResponse,
     RenewLeaseRequest,
 )
+from ephemeral_broker.api.waits import unless_draining
 from ephemeral_broker.store import LeaseGrant, PoolLeases
 
 router = APIRouter(prefix="/v1/leases", tags=["leases"], route_class=LeanRoute)

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Final
 
 from fastapi import FastAPI
 
-from ephemeral_broker.api.system import rss_bytes
+from ephemeral_broker.api.routes.system import rss_bytes
+from ephemeral_broker.api.runtime import Runtime
 from ephemeral_broker.logs import logger
-from ephemeral_broker.runtime import Runtime
 from ephemeral_broker.settings import BrokerSettings
 from ephemeral_broker.store import Store
 
 if TYPE_CHECKING:
-    from ephemeral_broker.main import BackgroundTask
+    from ephemeral_broker.api.app import BackgroundTask
 
 # While a request is in flight the broker is not idle; look again this often. (Probes count as
 # in flight for the instant they take, so a busy prober delays an idle exit by this much at most.)

@@ -1,6 +1,6 @@
 """Every setting of BrokerSettings as a command-line flag of `serve` and `run`.
 
-Kept apart from ephemeral_broker/cli.py so that client commands never load pydantic-settings.
+Kept apart from ephemeral_broker/cli/main.py so that client commands never load pydantic-settings.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
-from ephemeral_broker.cli import SettingsError
+from ephemeral_broker.cli.common import SettingsError
 from ephemeral_broker.settings import BrokerSettings, describe_settings_error, env_name, flag_name
 
 

@@ -20,10 +20,7 @@ from ephemeral_broker.api.deps import (
 )
 from ephemeral_broker.api.responses import COMMON, WITH_BODY, problems
 from ephemeral_broker.api.routing import LeanRoute
-from ephemeral_broker.api.waits import unless_draining
-from ephemeral_broker.errors import BrokerError, quote_name
-from ephemeral_broker.rules import MAX_WAIT_MS
-from ephemeral_broker.schemas import (
+from ephemeral_broker.api.schemas import (
     DeleteResponse,
     GetKeyResponse,
     IncrRequest,
@@ -34,6 +31,9 @@ from ephemeral_broker.schemas import (
     TouchRequest,
     TouchResponse,
 )
+from ephemeral_broker.api.waits import unless_draining
+from ephemeral_broker.errors import BrokerError, quote_name
+from ephemeral_broker.rules import MAX_WAIT_MS
 from ephemeral_broker.store import Item, Precondition
 from ephemeral_broker.store.base import NO_PRECONDITION
 

@@ -11,7 +11,7 @@ import pytest
 
 from ephemeral_broker_client._async import AsyncBrokerClient
 from ephemeral_broker_client._sync import BrokerClient
-from ephemeral_broker_client.pytest_plugin import BrokerRun, run_of
+from ephemeral_broker_client.pytest_plugin.run import BrokerRun, run_of
 
 # The pool of `broker_worker_slot`: one pool for every run on a broker, so that two test runs
 # sharing one broker (under `ephemeral-broker run`) never hold the same slot at once.

@@ -14,17 +14,17 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ephemeral_broker.api.deps import json_response, metrics_of, runtime_of, store_of
 from ephemeral_broker.api.responses import COMMON, problems
 from ephemeral_broker.api.routing import LeanRoute
-from ephemeral_broker.capacity import is_near_capacity
-from ephemeral_broker.errors import BrokerError
-from ephemeral_broker.metrics import ScrapeSnapshot
-from ephemeral_broker.schemas import (
+from ephemeral_broker.api.schemas import (
     HealthResponse,
     LivenessResponse,
     PingResponse,
     ReadinessResponse,
     StatsResponse,
 )
+from ephemeral_broker.errors import BrokerError
+from ephemeral_broker.metrics import ScrapeSnapshot
 from ephemeral_broker.store import StoreStatus, store_status
+from ephemeral_broker.store.capacity import is_near_capacity
 from ephemeral_broker.store.select import check_store
 
 router = APIRouter(tags=["system"], route_class=LeanRoute)

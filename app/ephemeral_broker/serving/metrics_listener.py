@@ -33,10 +33,10 @@ import orjson
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ephemeral_broker.api.runtime import Runtime
 from ephemeral_broker.errors import ERRORS, PROBLEM_CONTENT_TYPE, RETRY_AFTER_SECONDS, problem_body
-from ephemeral_broker.listen_address import ListenAddress
 from ephemeral_broker.metrics import BrokerMetrics, ScrapeSnapshot
-from ephemeral_broker.runtime import Runtime
+from ephemeral_broker.serving.listen_address import ListenAddress
 from ephemeral_broker.store import Store, store_status
 from ephemeral_broker.store.select import check_store
 

@@ -1,4 +1,4 @@
-"""`python -m ephemeral_broker.openapi` prints the OpenAPI document that `openapi.json` must
+"""`python -m ephemeral_broker.api.openapi` prints the OpenAPI document that `openapi.json` must
 equal."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import sys
 
 import orjson
 
-from ephemeral_broker.main import create_app
+from ephemeral_broker.api.app import create_app
 from ephemeral_broker.settings import BrokerSettings
 
 

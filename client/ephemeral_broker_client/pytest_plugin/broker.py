@@ -2,7 +2,7 @@
 by itself when the pytest process that started it is gone.
 
 `launch()` runs
-`python -P -m ephemeral_broker_client._pytest_broker PARENT_PID PRIVATE_DIR serve [flags]`;
+`python -P -m ephemeral_broker_client.pytest_plugin.broker PARENT_PID PRIVATE_DIR serve [flags]`;
 `wait_ready()` waits for its `EPHEMERAL_PIPE=` line. The child watches its parent: when the
 pytest process that started it dies without stopping it (SIGKILL, a crash, an OOM kill), the
 parent process id changes (re-parenting to init or a subreaper) and the child sends itself
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
-from ephemeral_broker.unix_socket import new_private_socket_path, socket_answers
+from ephemeral_broker.serving.unix_socket import new_private_socket_path, socket_answers
 
 # How often the child checks that its parent is alive: an orphaned broker stops this soon.
 PARENT_POLL_SECONDS: Final = 0.2
@@ -176,7 +176,8 @@ def launch(
         # Like the broker's own default socket (mode 0700 directory under $TMPDIR).
         socket = new_private_socket_path()
         private_dir = socket.parent
-    args = [sys.executable, "-P", "-m", "ephemeral_broker_client._pytest_broker", str(os.getpid()),
+    # __name__ is this module's dotted name: the child runs main() below.
+    args = [sys.executable, "-P", "-m", __name__, str(os.getpid()),
             str(private_dir or ""), "serve", "--socket", str(socket), *flags]  # fmt: skip
     try:
         proc = subprocess.Popen(
@@ -211,12 +212,12 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """`python -m ephemeral_broker_client._pytest_broker PARENT_PID PRIVATE_DIR serve [flags]`."""
+    """`python -m ephemeral_broker_client.pytest_plugin.broker PARENT_PID PRIVATE_DIR serve …`."""
     parent_pid, private_dir = int(argv[0]), argv[1]
     threading.Thread(
         target=_exit_with_parent, args=(parent_pid,), name="parent watch", daemon=True
     ).start()
-    from ephemeral_broker.cli import main as cli_main  # noqa: PLC0415 - the server stack, in the child only
+    from ephemeral_broker.cli.main import main as cli_main  # noqa: PLC0415 - the server stack, in the child only
 
     code = cli_main(argv[2:])
     # The broker has removed its socket; the directory made for it goes too.

@@ -18,19 +18,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 
 from ephemeral_broker import __version__
-from ephemeral_broker.api import keys, leases, system
+from ephemeral_broker.api.auth import Authenticator
 from ephemeral_broker.api.body import request_validation_failure
+from ephemeral_broker.api.middleware import BrokerMiddleware
+from ephemeral_broker.api.openapi_rules import apply_rules
+from ephemeral_broker.api.routes import keys, leases, system
 from ephemeral_broker.api.routing import RouteTable
-from ephemeral_broker.auth import Authenticator
-from ephemeral_broker.capacity import CapacityWatch
-from ephemeral_broker.clock import Clock, SystemClock
-from ephemeral_broker.errors import PROBLEM_CONTENT_TYPE, BrokerError, problem_body
-from ephemeral_broker.logs import logger
-from ephemeral_broker.metrics import BrokerMetrics
-from ephemeral_broker.middleware import BrokerMiddleware
-from ephemeral_broker.openapi_rules import apply_rules
-from ephemeral_broker.runtime import Runtime
-from ephemeral_broker.schemas import (
+from ephemeral_broker.api.runtime import Runtime
+from ephemeral_broker.api.schemas import (
     AcquireLeaseRequest,
     IncrRequest,
     ProblemDetail,
@@ -38,8 +33,13 @@ from ephemeral_broker.schemas import (
     SetKeyRequest,
     TouchRequest,
 )
+from ephemeral_broker.clock import Clock, SystemClock
+from ephemeral_broker.errors import PROBLEM_CONTENT_TYPE, BrokerError, problem_body
+from ephemeral_broker.logs import logger
+from ephemeral_broker.metrics import BrokerMetrics
 from ephemeral_broker.settings import BrokerSettings
 from ephemeral_broker.store import Store
+from ephemeral_broker.store.capacity import CapacityWatch
 from ephemeral_broker.store.select import make_store
 
 NO_TELEMETRY: TelemetryConfig = {

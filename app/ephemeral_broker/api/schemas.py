@@ -1,5 +1,5 @@
 """Request and response models. They are the OpenAPI description; routes build the hot
-responses by hand (see app/ephemeral_broker/api/keys.py) but always in exactly these shapes."""
+responses by hand (see api/routes/keys.py) but always in exactly these shapes."""
 
 from __future__ import annotations
 

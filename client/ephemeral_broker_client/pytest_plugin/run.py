@@ -1,186 +1,41 @@
-"""pytest plugin: one ephemeral-broker per test run, shared by every pytest-xdist worker.
-
-Installed with the distribution (entry point `ephemeral_broker` in the `pytest11` group), it
-does nothing until enabled with `--broker` or `broker = true` in the ini file. Then:
-
-- the controller (or the only process, without xdist) starts a broker before any worker
-  starts, or uses the one in `$EPHEMERAL_PIPE`; workers get its socket through xdist's
-  `workerinput` and find it in `$EPHEMERAL_PIPE`, like every process the tests start;
-- fixtures: `broker` (a `BrokerClient`), `broker_async` (an `AsyncBrokerClient`),
-  `broker_worker_slot` (a small integer unique among the live workers);
-- `once_fixture`: a session fixture whose body runs once per test run across all workers,
-  its JSON value shared with all of them, its teardown run once by the last worker to finish.
-
-    from ephemeral_broker_client.pytest_plugin import once_fixture
-
-    def drop_database(url: str) -> None: ...
-
-    @once_fixture(teardown=drop_database)
-    def database() -> str:
-        return create_database()
-
-This module imports only pytest and the standard library at import time: it is loaded by every
-pytest run in the environment, enabled or not.
-"""
+"""The plugin's state in one pytest process (controller, worker, or the only one) and its
+hooks: start or find the broker, hand it to the workers, run once-fixture teardowns, stop it."""
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import math
 import os
 import secrets
 import socket as socket_module
 import traceback
 import uuid
-from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from collections.abc import Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, overload
+from typing import Any
 
 import pytest
 
-if TYPE_CHECKING:
-    from ephemeral_broker_client._pytest_broker import StartedBroker
-    from ephemeral_broker_client._sync import BrokerClient
-
-PLUGIN_NAME: Final = "ephemeral_broker_run"
-FIXTURES_NAME: Final = "ephemeral_broker_fixtures"
-WORKERINPUT_KEY: Final = "ephemeral_broker"
-DEFAULT_KEY_TTL_MS: Final = 86_400_000
-DEFAULT_START_TIMEOUT_S: Final = 30.0
-DEFAULT_LOCK_TTL_MS: Final = 5000
-# The started broker logs warnings and errors only, unless --broker-log-level or
-# BROKER_LOG_LEVEL says otherwise; its lines are shown in the run's summary.
-DEFAULT_LOG_LEVEL: Final = "warning"
-
-# Settings of the started broker: (option suffix, `serve` flag, metavar, help).
-_BROKER_SETTINGS: Final = (
-    ("socket", "--socket", "PATH",
-     "where the started broker listens (default: a new private directory under $TMPDIR)"),
-    ("max-items", "--max-items", "N", "live keys at most (0 = unlimited; broker default 10000)"),
-    ("max-leases", "--max-leases", "N",
-     "live leases at most (0 = unlimited; broker default 10000)"),
-    ("max-value-size", "--max-value-size", "BYTES",
-     "bytes of a value's JSON at most (broker default 262144)"),
-    ("log-level", "--log-level", "LEVEL",
-     "the broker's log level: debug, info, warning, error (default: warning); its log lines "
-     "are shown at the end of the run"),
-    ("store", "--store", "URL",
-     "keep the broker's state in Redis (redis://, rediss:// or unix:// URL) instead of in its "
-     "memory, shared with brokers of other hosts (default: memory)"),
-    ("namespace", "--namespace", "NAME",
-     "with --broker-store: the Redis namespace to share (broker default: default)"),
-)  # fmt: skip
-
-
-class OnceFixtureError(Exception):
-    """A once fixture could not give its value: its setup failed in another worker, or the
-    plugin is not enabled."""
-
-
-# ---- options -------------------------------------------------------------------------------
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup(
-        "ephemeral-broker", "ephemeral-broker: one broker per test run, shared by xdist workers"
-    )
-    group.addoption(
-        "--broker", action="store_true", dest="broker", default=None,
-        help="start a broker for this run (or use the one in $EPHEMERAL_PIPE) and enable the "
-        "broker fixtures [ini: broker = true]",
-    )  # fmt: skip
-    group.addoption(
-        "--no-broker", action="store_false", dest="broker",
-        help="disable the plugin even when the ini file enables it",
-    )  # fmt: skip
-    parser.addini("broker", "enable the ephemeral-broker plugin (see --broker)", type="bool",
-                  default=False)  # fmt: skip
-    for suffix, _flag, metavar, help_text in _BROKER_SETTINGS:
-        name = "broker_" + suffix.replace("-", "_")
-        group.addoption(f"--broker-{suffix}", dest=name, metavar=metavar, default=None,
-                        help=f"{help_text} [ini: {name}]")  # fmt: skip
-        parser.addini(name, help_text, default="")
-    group.addoption(
-        "--broker-auth", action="store_true", dest="broker_auth", default=None,
-        help="turn auth on with a fresh random secret, given to the tests and workers as "
-        "$EPHEMERAL_SECRET [ini: broker_auth]",
-    )  # fmt: skip
-    parser.addini("broker_auth", "turn auth on (see --broker-auth)", type="bool", default=False)
-    group.addoption(
-        "--broker-start-timeout", dest="broker_start_timeout", metavar="SECONDS", default=None,
-        help="how long to wait for the broker to start, or to answer when it is given by "
-        f"$EPHEMERAL_PIPE (default: {DEFAULT_START_TIMEOUT_S:g}) [ini: broker_start_timeout]",
-    )  # fmt: skip
-    parser.addini("broker_start_timeout", "see --broker-start-timeout", default="")
-    group.addoption(
-        "--broker-key-ttl", dest="broker_key_ttl", metavar="MS", default=None,
-        help="TTL of the keys the plugin writes: once-fixture values and the run's counters "
-        f"(default: {DEFAULT_KEY_TTL_MS}) [ini: broker_key_ttl]",
-    )  # fmt: skip
-    parser.addini("broker_key_ttl", "see --broker-key-ttl", default="")
-
-
-def _setting(config: pytest.Config, name: str) -> str | None:
-    """An option's value: the command line, else the ini file, else None."""
-    given = config.getoption(name)
-    if given is not None:
-        return str(given)
-    from_ini = config.getini(name)
-    return str(from_ini) if from_ini not in ("", None) else None
-
-
-def _enabled(config: pytest.Config) -> bool:
-    given = config.getoption("broker")
-    return bool(config.getini("broker")) if given is None else bool(given)
-
-
-def _positive(config: pytest.Config, name: str, default: float, kind: type[float]) -> float:
-    """A positive number option (`kind` int or float): command line, ini file, or default."""
-    raw = _setting(config, name)
-    if raw is None:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = 0
-    if not 0 < value < math.inf:  # also refuses nan
-        option = "--" + name.replace("_", "-")
-        raise pytest.UsageError(
-            f"{option} (ini: {name}) must be a positive {kind.__name__}, not {raw!r}"
-        )
-    return value
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    if not _enabled(config):
-        given = [
-            "--" + name.replace("_", "-")
-            for name in ("broker_auth", "broker_start_timeout", "broker_key_ttl",
-                         *("broker_" + s[0].replace("-", "_") for s in _BROKER_SETTINGS))
-            if config.getoption(name) is not None
-        ]  # fmt: skip
-        if given:
-            raise pytest.UsageError(
-                f"{', '.join(given)} has no effect without --broker (or broker = true in the "
-                "ini file)"
-            )
-        return
-    if config.option.help:
-        return  # `pytest --help` only lists the options: no broker for it
-    run = BrokerRun(config)
-    config.add_cleanup(run.close)
-    run.open()
-    config.pluginmanager.register(run, PLUGIN_NAME)
-    # The fixtures only now: a disabled plugin adds no fixture names (they could shadow a
-    # fixture of another plugin).
-    from ephemeral_broker_client import _pytest_fixtures
-
-    config.pluginmanager.register(_pytest_fixtures, FIXTURES_NAME)
-
-
-# ---- the run -------------------------------------------------------------------------------
+from ephemeral_broker_client._operations import ONCE_LOCK_SUFFIX
+from ephemeral_broker_client._protocol import encode_json
+from ephemeral_broker_client._sync import BrokerClient
+from ephemeral_broker_client.errors import BrokerError
+from ephemeral_broker_client.pytest_plugin.broker import BrokerStartError, StartedBroker, launch
+from ephemeral_broker_client.pytest_plugin.once import (
+    NOT_ENABLED,
+    ONCE_DEFINITIONS,
+    OnceDefinition,
+    OnceFixtureError,
+)
+from ephemeral_broker_client.pytest_plugin.options import (
+    BROKER_SETTINGS,
+    DEFAULT_KEY_TTL_MS,
+    DEFAULT_LOG_LEVEL,
+    DEFAULT_START_TIMEOUT_S,
+    PLUGIN_NAME,
+    WORKERINPUT_KEY,
+    positive,
+    setting,
+    truthy,
+)
 
 
 class BrokerRun:
@@ -196,8 +51,8 @@ class BrokerRun:
         self._nodes = 0
         self.started: StartedBroker | None = None
         self.external = False
-        self.key_ttl = int(_positive(config, "broker_key_ttl", DEFAULT_KEY_TTL_MS, int))
-        self.start_timeout = _positive(
+        self.key_ttl = int(positive(config, "broker_key_ttl", DEFAULT_KEY_TTL_MS, int))
+        self.start_timeout = positive(
             config, "broker_start_timeout", DEFAULT_START_TIMEOUT_S, float
         )
         self.ignored_settings: list[str] = []
@@ -239,21 +94,19 @@ class BrokerRun:
             self.external = True
             # That broker's settings are its own: ours are reported as not applied.
             self.ignored_settings = [
-                f"--broker-{suffix}" for suffix, *_ in _BROKER_SETTINGS
-                if _setting(self.config, "broker_" + suffix.replace("-", "_")) is not None
+                f"--broker-{suffix}" for suffix, *_ in BROKER_SETTINGS
+                if setting(self.config, "broker_" + suffix.replace("-", "_")) is not None
             ]  # fmt: skip
-            if _truthy(_setting(self.config, "broker_auth")):
+            if truthy(setting(self.config, "broker_auth")):
                 self.ignored_settings.append("--broker-auth")
             return
         self._start()
 
     def _start(self) -> None:
-        from ephemeral_broker_client._pytest_broker import launch
-
         flags: list[str] = []
         socket: Path | None = None
-        for suffix, flag, _metavar, _help in _BROKER_SETTINGS:
-            value = _setting(self.config, "broker_" + suffix.replace("-", "_"))
+        for suffix, flag, _metavar, _help in BROKER_SETTINGS:
+            value = setting(self.config, "broker_" + suffix.replace("-", "_"))
             if value is not None:
                 if flag == "--socket":
                     socket = Path(value)
@@ -264,7 +117,7 @@ class BrokerRun:
             socket = Path(env["BROKER_SOCKET"])
         if "--log-level" not in flags and "BROKER_LOG_LEVEL" not in env:
             flags += ["--log-level", DEFAULT_LOG_LEVEL]
-        if _truthy(_setting(self.config, "broker_auth")):
+        if truthy(setting(self.config, "broker_auth")):
             secret = secrets.token_hex(32)
             env["BROKER_SECRET"] = secret
             # The tests, the workers and anything they start sign their requests with it.
@@ -308,8 +161,6 @@ class BrokerRun:
     def client(self) -> BrokerClient:
         """The plugin's own client (the `broker` fixture is another one, the tests' own)."""
         if self._client is None:
-            from ephemeral_broker_client._sync import BrokerClient
-
             self._client = BrokerClient(self.socket)
         return self._client
 
@@ -334,16 +185,11 @@ class BrokerRun:
         # Before the first test (or, under xdist, before the controller waits for its
         # workers): the broker must be up, or the run stops here with the broker's own words.
         if self.started is not None:
-            from ephemeral_broker_client._pytest_broker import BrokerStartError
-
             try:
                 self.started.wait_ready()
             except BrokerStartError as exc:
                 raise pytest.UsageError(f"ephemeral-broker: {exc}") from None
         elif self.external:
-            from ephemeral_broker_client._sync import BrokerClient
-            from ephemeral_broker_client.errors import BrokerError
-
             try:
                 with BrokerClient(self.socket, timeout=self.start_timeout) as probe:
                     probe.ping()
@@ -417,7 +263,7 @@ class BrokerRun:
                 }
                 return
         # The controller, or the only process: the whole run is over.
-        if self._crashed and (self._once_in_run or _ONCE_DEFINITIONS):
+        if self._crashed and (self._once_in_run or ONCE_DEFINITIONS):
             # A worker crashed. If it was not replaced, no worker could know it was the last
             # one: what is still set up is torn down here, now that every worker has ended,
             # when this process knows the definition (a once fixture of a conftest.py that
@@ -430,8 +276,6 @@ class BrokerRun:
         if self._teardown_errors and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if self.external and self._once_in_run:
-            from ephemeral_broker_client.errors import BrokerError
-
             try:
                 self._forget_run()
             except BrokerError as exc:
@@ -468,7 +312,7 @@ class BrokerRun:
         if self._finished:
             return
         self._finished = True
-        if not _ONCE_DEFINITIONS:
+        if not ONCE_DEFINITIONS:
             # Every worker imports the same conftests and test modules: none defines a once
             # fixture, so there is nothing to tear down and nobody needs to count.
             return
@@ -496,8 +340,6 @@ class BrokerRun:
     def _set_up(self) -> list[tuple[str, dict[str, Any]]]:
         """The once fixtures set up in this run (by any worker) and not torn down yet, with a
         teardown to run; the newest first."""
-        from ephemeral_broker_client._operations import ONCE_LOCK_SUFFIX
-
         found = []
         for info in self.client.list(self.key("once:"), limit=10_000):
             if info.key.endswith(ONCE_LOCK_SUFFIX):
@@ -514,7 +356,7 @@ class BrokerRun:
         prefix = self.key("once:")
         errors: list[Exception] = []
         for key, record in self._set_up():
-            definition = _ONCE_DEFINITIONS.get(key[len(prefix) :])
+            definition = ONCE_DEFINITIONS.get(key[len(prefix) :])
             if known_only and (definition is None or definition.teardown is None):
                 continue
             # Taken by deleting it, which succeeds for one caller only: even if two workers
@@ -543,7 +385,7 @@ class BrokerRun:
 
     # ---- once fixtures -----------------------------------------------------------------------
 
-    def once_value(self, definition: _OnceDefinition, request: pytest.FixtureRequest) -> Any:
+    def once_value(self, definition: OnceDefinition, request: pytest.FixtureRequest) -> Any:
         """The value of a once fixture: set up here if no worker did yet, else theirs."""
         self._once_requested = True
         key = self.key("once:" + definition.ident)
@@ -572,10 +414,8 @@ class BrokerRun:
         )
 
     def _run_setup(
-        self, definition: _OnceDefinition, request: pytest.FixtureRequest, me: str
+        self, definition: OnceDefinition, request: pytest.FixtureRequest, me: str
     ) -> dict[str, Any]:
-        from ephemeral_broker_client._protocol import encode_json
-
         record: dict[str, Any] = {"fixture": definition.name, "worker": self.worker, "by": me}
         try:
             # Resolved here, in the one worker that sets up: the other workers never set up
@@ -603,108 +443,5 @@ def run_of(config: pytest.Config) -> BrokerRun:
     """The plugin's state in this process; OnceFixtureError when the plugin is not enabled."""
     run = config.pluginmanager.get_plugin(PLUGIN_NAME)
     if not isinstance(run, BrokerRun):
-        raise OnceFixtureError(
-            "the ephemeral-broker plugin is not enabled: run pytest with --broker, or set "
-            "broker = true in the ini file"
-        )
+        raise OnceFixtureError(NOT_ENABLED)
     return run
-
-
-def _truthy(value: str | None) -> bool:
-    return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
-
-
-# ---- once_fixture --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _OnceDefinition:
-    ident: str
-    name: str
-    setup: Callable[..., Any]
-    argnames: tuple[str, ...]
-    teardown: Callable[[Any], object] | None
-    ttl_ms: int | None
-    lock_ttl_ms: int
-
-
-# Every once fixture defined in this process, by ident. Every xdist worker imports the same
-# conftests and test modules, so the last worker finds each teardown here.
-_ONCE_DEFINITIONS: dict[str, _OnceDefinition] = {}
-
-
-def _argnames(setup: Callable[..., Any], name: str) -> tuple[str, ...]:
-    if (
-        inspect.isgeneratorfunction(setup)
-        or inspect.iscoroutinefunction(setup)
-        or inspect.isasyncgenfunction(setup)
-    ):
-        raise TypeError(
-            f"once fixture {name!r} must be a plain function returning its value: its teardown "
-            "may run in another process, so it is given separately (teardown=...)"
-        )
-    names = []
-    for parameter in inspect.signature(setup).parameters.values():
-        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-            raise TypeError(f"once fixture {name!r}: *args and **kwargs cannot name fixtures")
-        if parameter.default is parameter.empty:
-            names.append(parameter.name)
-    return tuple(names)
-
-
-@overload
-def once_fixture(setup: Callable[..., Any], /) -> Any: ...
-@overload
-def once_fixture(
-    *,
-    teardown: Callable[[Any], object] | None = None,
-    name: str | None = None,
-    ttl_ms: int | None = None,
-    lock_ttl_ms: int = DEFAULT_LOCK_TTL_MS,
-    autouse: bool = False,
-) -> Callable[[Callable[..., Any]], Any]: ...
-def once_fixture(
-    setup: Callable[..., Any] | None = None,
-    /,
-    *,
-    teardown: Callable[[Any], object] | None = None,
-    name: str | None = None,
-    ttl_ms: int | None = None,
-    lock_ttl_ms: int = DEFAULT_LOCK_TTL_MS,
-    autouse: bool = False,
-) -> Any:
-    """Make `setup` a session fixture that runs once per test run, across all xdist workers.
-
-    The first worker to request the fixture runs `setup` (resolving its arguments as fixtures,
-    in that worker only); the others wait for its value, which must be JSON and reaches every
-    worker decoded from JSON (a tuple as a list). `teardown(value)`, if given, runs once, in
-    the last worker to finish, after every test of the run; it gets the value and nothing
-    else, as it may run in another process than `setup`.
-
-    A setup that raises is not retried by the other workers: they fail with an error naming
-    the worker where it failed (a `pytest.skip` in `setup` skips them too). `ttl_ms` keeps the
-    value in the broker (default: the run's --broker-key-ttl); `lock_ttl_ms` is how soon
-    another worker takes over when the worker running `setup` dies.
-    """
-
-    def decorate(function: Callable[..., Any]) -> Any:
-        fixture_name = name or function.__name__
-        argnames = _argnames(function, fixture_name)
-        where = f"{inspect.getsourcefile(function) or function.__module__}:{function.__qualname__}"
-        ident = f"{fixture_name}:{hashlib.sha256(where.encode()).hexdigest()[:12]}"
-        definition = _OnceDefinition(
-            ident, fixture_name, function, argnames, teardown, ttl_ms, lock_ttl_ms
-        )
-        _ONCE_DEFINITIONS[ident] = definition
-
-        def once(request: pytest.FixtureRequest) -> Any:
-            return run_of(request.config).once_value(definition, request)
-
-        # Not functools.wraps: pytest follows __wrapped__ and would call `function` directly.
-        once.__name__ = function.__name__
-        once.__qualname__ = function.__qualname__
-        once.__module__ = function.__module__
-        once.__doc__ = function.__doc__
-        return pytest.fixture(once, scope="session", name=fixture_name, autouse=autouse)
-
-    return decorate if setup is None else decorate(setup)

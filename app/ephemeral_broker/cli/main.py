@@ -10,28 +10,22 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
 
 from ephemeral_broker import __version__
-from ephemeral_broker.cli_client import CLIENT_COMMANDS, add_client_commands
-
-PROG: Final = "ephemeral-broker"
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_UNREACHABLE: Final = 3
-
-
-class SettingsError(Exception):
-    """A setting is invalid: one line for the user, exit code 2."""
+from ephemeral_broker.cli.client_commands import CLIENT_COMMANDS, add_client_commands
+from ephemeral_broker.cli.common import (
+    EXIT_USAGE,
+    PROG,
+    SettingsError,
+)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ephemeral_broker.cli_settings import settings_from_args
-    from ephemeral_broker.lifecycle import lifecycle_tasks
+    from ephemeral_broker.api.app import create_app
+    from ephemeral_broker.cli.settings_flags import settings_from_args
     from ephemeral_broker.logs import configure_logging
-    from ephemeral_broker.main import create_app
-    from ephemeral_broker.server import StartupError, run_in_new_loop, serve
+    from ephemeral_broker.serving.lifecycle import lifecycle_tasks
+    from ephemeral_broker.serving.server import StartupError, run_in_new_loop, serve
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -40,7 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The first stdout line, once the broker answers: scripts read it to find the socket.
         print(f"EPHEMERAL_PIPE={path}", flush=True)
         if args.detach_log is not None:  # started by `start`, which has read all it needs
-            from ephemeral_broker.background import detach_after_ready
+            from ephemeral_broker.cli.background import detach_after_ready
 
             detach_after_ready(args.detach_log)
 
@@ -70,9 +64,9 @@ def build_parser(*, server_commands: bool = True) -> argparse.ArgumentParser:
     if not server_commands:
         add_client_commands(commands)
         return parser
-    from ephemeral_broker.background import DETACH_FLAG, add_background_commands
-    from ephemeral_broker.cli_settings import add_settings_arguments
-    from ephemeral_broker.runner import add_run_command
+    from ephemeral_broker.cli.background import DETACH_FLAG, add_background_commands
+    from ephemeral_broker.cli.run import add_run_command
+    from ephemeral_broker.cli.settings_flags import add_settings_arguments
 
     serve = commands.add_parser(
         "serve",

@@ -32,11 +32,11 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from ephemeral_broker.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, PROG
-from ephemeral_broker.cli_settings import add_settings_arguments, settings_from_args
-from ephemeral_broker.runner import SECRET_BYTES
+from ephemeral_broker.cli.common import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, PROG
+from ephemeral_broker.cli.run import SECRET_BYTES
+from ephemeral_broker.cli.settings_flags import add_settings_arguments, settings_from_args
+from ephemeral_broker.serving.unix_socket import DEFAULT_SOCKET_DIR_PREFIX, socket_answers
 from ephemeral_broker.settings import BrokerSettings, flag_name
-from ephemeral_broker.unix_socket import DEFAULT_SOCKET_DIR_PREFIX, socket_answers
 
 PIPE_VARIABLE: Final = "EPHEMERAL_PIPE"
 PID_VARIABLE: Final = "EPHEMERAL_BROKER_PID"

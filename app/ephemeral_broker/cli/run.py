@@ -34,13 +34,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pydantic import SecretStr
 
-from ephemeral_broker.cli import EXIT_USAGE, PROG
-from ephemeral_broker.cli_settings import add_settings_arguments, settings_from_args
+from ephemeral_broker.cli.common import EXIT_USAGE, PROG
+from ephemeral_broker.cli.settings_flags import add_settings_arguments, settings_from_args
 from ephemeral_broker.logs import logger
 from ephemeral_broker.settings import BrokerSettings
 
 if TYPE_CHECKING:
-    from ephemeral_broker.runtime import Runtime
+    from ephemeral_broker.api.runtime import Runtime
 
 EXIT_CANNOT_EXECUTE: Final = 126
 EXIT_NOT_FOUND: Final = 127
@@ -85,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         parser.error("--auth makes a fresh secret; it cannot be combined with --secret-file")
 
     from ephemeral_broker.logs import configure_logging
-    from ephemeral_broker.server import StartupError, run_in_new_loop
+    from ephemeral_broker.serving.server import StartupError, run_in_new_loop
 
     settings = settings_from_args(args)
     if args.auth:
@@ -107,7 +107,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def supervise(settings: BrokerSettings, command: Sequence[str]) -> int:
     """Serve a broker while `command` runs; returns the exit code `run` exits with."""
-    from ephemeral_broker.server import SIGNALS
+    from ephemeral_broker.serving.server import SIGNALS
 
     supervisor = _Supervisor(command)
     # Subscribed before the broker starts: from here on a signal is ours to handle, never the
@@ -170,9 +170,9 @@ class _Supervisor:
             child.send_signal(signum)
 
     async def run(self, settings: BrokerSettings) -> int:
-        from ephemeral_broker.lifecycle import lifecycle_tasks
-        from ephemeral_broker.main import create_app
-        from ephemeral_broker.server import StartupError, serve
+        from ephemeral_broker.api.app import create_app
+        from ephemeral_broker.serving.lifecycle import lifecycle_tasks
+        from ephemeral_broker.serving.server import StartupError, serve
 
         app = create_app(settings, background=lifecycle_tasks(settings, idle=False))
         self.runtime = app.state.runtime

@@ -26,9 +26,9 @@ from typing import Final
 
 from starlette.types import Message, Receive, Scope, Send
 
+from ephemeral_broker.api.limits import declared_too_large, streamed_too_large
 from ephemeral_broker.clock import Clock
 from ephemeral_broker.errors import BrokerError, request_id_of, send_problem
-from ephemeral_broker.limits import declared_too_large, streamed_too_large
 from ephemeral_broker.logs import logger
 from ephemeral_broker.signing import (
     MAX_SKEW_MS,

@@ -23,23 +23,24 @@ from typing import Any, Final, TypeVar
 
 import uvicorn
 
+from ephemeral_broker.api.runtime import Runtime
 from ephemeral_broker.errors import BrokerError
-from ephemeral_broker.http_protocol import (
-    MAX_HEAD_BYTES,
-    BrokerHttpProtocol,
-    ConnectionLimits,
-    protocol_class,
-)
 from ephemeral_broker.logs import logger
-from ephemeral_broker.metrics_listener import (
+from ephemeral_broker.rules import redact_url
+from ephemeral_broker.serving.metrics_listener import (
     METRICS_MAX_CONNECTIONS,
     MetricsEndpoints,
     MetricsListener,
     bind_metrics_socket,
     describe_bind_error,
 )
-from ephemeral_broker.rules import redact_url
-from ephemeral_broker.runtime import Runtime
+from ephemeral_broker.serving.protocol import (
+    MAX_HEAD_BYTES,
+    BrokerHttpProtocol,
+    ConnectionLimits,
+    protocol_class,
+)
+from ephemeral_broker.serving.unix_socket import new_private_socket_path, socket_answers
 from ephemeral_broker.settings import (
     BrokerSettings,
     SocketPathTooLong,
@@ -48,7 +49,6 @@ from ephemeral_broker.settings import (
 )
 from ephemeral_broker.store import Store, StoreStats, close_store, open_store
 from ephemeral_broker.store.base import NamespaceConflict
-from ephemeral_broker.unix_socket import new_private_socket_path, socket_answers
 
 HANDLED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 LISTEN_BACKLOG: Final = 1024

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from ephemeral_broker.api.schemas import INT64_MAX, INT64_MIN
 from ephemeral_broker.errors import PROBLEM_CONTENT_TYPE
-from ephemeral_broker.schemas import INT64_MAX, INT64_MIN
 
 # No '/', no whitespace, no C0/DEL/C1 control character (ECMA-262 regex, as JSON Schema uses).
 NAME_PATTERN: Final = r"^[^/\s\x00-\x1f\x7f-\x9f]+$"

@@ -33,16 +33,16 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ephemeral_broker.api.limits import guard_body
 from ephemeral_broker.api.paths import strict_names
+from ephemeral_broker.api.runtime import Runtime
 from ephemeral_broker.errors import BrokerError, send_problem
-from ephemeral_broker.limits import guard_body
 from ephemeral_broker.logs import access_logger, logger
 from ephemeral_broker.metrics import BrokerMetrics
-from ephemeral_broker.runtime import Runtime
 
 if TYPE_CHECKING:
+    from ephemeral_broker.api.auth import Authenticator
     from ephemeral_broker.api.routing import RouteTable
-    from ephemeral_broker.auth import Authenticator
 
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 # Probes: never need auth, never count as activity, and stay answerable while draining.

@@ -186,7 +186,7 @@ def _subject(args: argparse.Namespace) -> str:
 
 
 def _fail(args: argparse.Namespace, message: str, code: int) -> int:
-    from ephemeral_broker.cli import PROG
+    from ephemeral_broker.cli.common import PROG
 
     print(f"{PROG}: {_subject(args)}: {message}", file=sys.stderr)
     return code
@@ -203,7 +203,7 @@ def _write(output: bytes | str) -> None:
 
 
 def run_client_command(args: argparse.Namespace) -> int:
-    from ephemeral_broker.cli import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+    from ephemeral_broker.cli.common import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
     from ephemeral_broker_client import BrokerClient, BrokerError, BrokerTimeout, BrokerUnavailable
 
     action: Action = args.action
