@@ -36,7 +36,7 @@ def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
             name = name.rpartition(".")[0]
         return name or None
 
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
