@@ -15,7 +15,8 @@ from typing import Any
 
 import uvicorn
 
-from ephemeral_broker.serving.server import LISTEN_BACKLOG, run_in_new_loop, uvicorn_config
+from ephemeral_broker.serving.binding import LISTEN_BACKLOG
+from ephemeral_broker.serving.server import run_in_new_loop, uvicorn_config
 
 # What a broker GET of a 100-byte value answers.
 BODY = b'{"key":"k","value":"' + b"v" * 98 + b'","version":1,"expires_at":1767225600000}'

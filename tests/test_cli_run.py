@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from ephemeral_broker.cli.run import supervise
-from ephemeral_broker.serving.server import SIGNALS, run_in_new_loop
+from ephemeral_broker.serving.server import run_in_new_loop
+from ephemeral_broker.serving.signals import SIGNALS
 from ephemeral_broker.settings import BrokerSettings
 from tests.conftest import BROKER_EXE, read_first_line
 

@@ -22,7 +22,8 @@ import pytest
 from ephemeral_broker.api.app import create_app
 from ephemeral_broker.logs import logger as broker_logger
 from ephemeral_broker.serving.lifecycle import seconds_until_idle
-from ephemeral_broker.serving.server import SIGNALS, run_in_new_loop, serve
+from ephemeral_broker.serving.server import run_in_new_loop, serve
+from ephemeral_broker.serving.signals import SIGNALS
 from ephemeral_broker.settings import BrokerSettings
 from tests.conftest import BrokerFactory, BrokerProcess, split_response, wait_until
 

@@ -17,7 +17,9 @@ import pytest
 
 from ephemeral_broker.api.app import create_app
 from ephemeral_broker.clock import FakeClock
-from ephemeral_broker.serving.server import SIGNALS, StartupError, bind_socket, serve
+from ephemeral_broker.serving.binding import StartupError, bind_socket
+from ephemeral_broker.serving.server import serve
+from ephemeral_broker.serving.signals import SIGNALS
 from ephemeral_broker.settings import BrokerSettings
 from ephemeral_broker.store import MemoryStore
 

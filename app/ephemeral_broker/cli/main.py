@@ -24,8 +24,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ephemeral_broker.api.app import create_app
     from ephemeral_broker.cli.settings_flags import settings_from_args
     from ephemeral_broker.logs import configure_logging
+    from ephemeral_broker.serving.binding import StartupError
     from ephemeral_broker.serving.lifecycle import lifecycle_tasks
-    from ephemeral_broker.serving.server import StartupError, run_in_new_loop, serve
+    from ephemeral_broker.serving.server import run_in_new_loop, serve
 
     settings = settings_from_args(args)
     configure_logging(settings.log_level, settings.log_format)

@@ -9,7 +9,7 @@ what makes it race-free:
 2. CMD runs with EPHEMERAL_PIPE (and, with auth, EPHEMERAL_SECRET) in its environment, never in
    its arguments: nothing secret shows in `ps`.
 3. SIGINT and SIGTERM go to CMD, each exactly once, through the process's one signal dispatcher
-   (server.SIGNALS): the broker itself does not react to them, so CMD's own shutdown
+   (serving/signals.py): the broker itself does not react to them, so CMD's own shutdown
    requests are still served (seed defects #3, #4, #16). The one exception is a Ctrl-C typed at
    a terminal in which CMD runs in the foreground with us: the terminal has already sent SIGINT
    to CMD, and forwarding it would deliver it twice.
@@ -85,7 +85,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         parser.error("--auth makes a fresh secret; it cannot be combined with --secret-file")
 
     from ephemeral_broker.logs import configure_logging
-    from ephemeral_broker.serving.server import StartupError, run_in_new_loop
+    from ephemeral_broker.serving.binding import StartupError
+    from ephemeral_broker.serving.server import run_in_new_loop
 
     settings = settings_from_args(args)
     if args.auth:
@@ -107,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def supervise(settings: BrokerSettings, command: Sequence[str]) -> int:
     """Serve a broker while `command` runs; returns the exit code `run` exits with."""
-    from ephemeral_broker.serving.server import SIGNALS
+    from ephemeral_broker.serving.signals import SIGNALS
 
     supervisor = _Supervisor(command)
     # Subscribed before the broker starts: from here on a signal is ours to handle, never the
@@ -171,8 +172,9 @@ class _Supervisor:
 
     async def run(self, settings: BrokerSettings) -> int:
         from ephemeral_broker.api.app import create_app
+        from ephemeral_broker.serving.binding import StartupError
         from ephemeral_broker.serving.lifecycle import lifecycle_tasks
-        from ephemeral_broker.serving.server import StartupError, serve
+        from ephemeral_broker.serving.server import serve
 
         app = create_app(settings, background=lifecycle_tasks(settings, idle=False))
         self.runtime = app.state.runtime

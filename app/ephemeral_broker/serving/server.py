@@ -1,5 +1,5 @@
-"""Serving the app on a Unix domain socket: the socket rules of SPEC section 5, uvicorn in one
-process, signals, drain and cleanup (SPEC section 6).
+"""Serving the app on a Unix domain socket: uvicorn in one process, bound to the socket
+binding.py prepares, stopped by signals.py's dispatcher, drained and cleaned up.
 
 One uvicorn worker, on purpose: all state is in this process's memory, so a second worker
 would be a second, disjoint broker.
@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import signal
 import socket
-import stat
-import threading
 from collections.abc import Callable, Coroutine, Generator
-from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final, TypeVar
 
 import uvicorn
@@ -27,6 +22,13 @@ from ephemeral_broker.api.runtime import Runtime
 from ephemeral_broker.errors import BrokerError
 from ephemeral_broker.logs import logger
 from ephemeral_broker.rules import redact_url
+from ephemeral_broker.serving.binding import (
+    LISTEN_BACKLOG,
+    BoundSocket,
+    StartupError,
+    bind_socket,
+)
+from ephemeral_broker.serving.connection_limits import connection_limits
 from ephemeral_broker.serving.metrics_listener import (
     METRICS_MAX_CONNECTIONS,
     MetricsEndpoints,
@@ -35,193 +37,22 @@ from ephemeral_broker.serving.metrics_listener import (
     describe_bind_error,
 )
 from ephemeral_broker.serving.protocol import (
-    MAX_HEAD_BYTES,
     BrokerHttpProtocol,
     ConnectionLimits,
     protocol_class,
 )
-from ephemeral_broker.serving.unix_socket import new_private_socket_path, socket_answers
+from ephemeral_broker.serving.signals import SIGNALS
 from ephemeral_broker.settings import (
     BrokerSettings,
-    SocketPathTooLong,
-    check_default_socket_fits,
-    check_socket_path_length,
 )
 from ephemeral_broker.store import Store, StoreStats, close_store, open_store
 from ephemeral_broker.store.base import NamespaceConflict
 
-HANDLED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
-LISTEN_BACKLOG: Final = 1024
-# File descriptors kept free beyond max_connections: the listening sockets, the event loop,
-# log files, /proc reads, the metrics listener's connections.
-FD_RESERVE: Final = 64
-_PROBE_TIMEOUT_SECONDS: Final = 0.5
 _TICK_SECONDS: Final = 0.1
 # uvicorn's Server.shutdown sleeps this long after asking connections to close.
 _UVICORN_CLOSE_PAUSE: Final = 0.1
 
 T = TypeVar("T")
-
-
-class StartupError(Exception):
-    """Start-up cannot go on; the message is the one line the user sees (exit code 2)."""
-
-
-# ---- the socket ----------------------------------------------------------------------------
-
-
-@dataclass
-class BoundSocket:
-    path: Path
-    sock: socket.socket
-    private_dir: Path | None
-    inode: int
-
-    def cleanup(self) -> None:
-        """Remove our socket file (only if it is still ours) and our private directory."""
-        with contextlib.suppress(OSError):
-            self.sock.close()
-        try:
-            info = os.lstat(self.path)
-        except FileNotFoundError:
-            pass
-        else:
-            # Another broker may have replaced a socket we no longer serve: leave theirs alone.
-            if stat.S_ISSOCK(info.st_mode) and info.st_ino == self.inode:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)
-        if self.private_dir is not None:
-            with contextlib.suppress(OSError):
-                self.private_dir.rmdir()
-
-
-def socket_is_live(path: Path) -> bool:
-    """Whether something accepts connections on the socket at `path`."""
-    try:
-        return socket_answers(path, _PROBE_TIMEOUT_SECONDS)
-    except OSError as exc:
-        raise StartupError(f"cannot check the existing socket at {path}: {exc.strerror}") from exc
-
-
-def _clear_path(path: Path) -> None:
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(info.st_mode):
-        raise StartupError(
-            f"{path} exists and is not a socket; refusing to remove it (choose another --socket)"
-        )
-    if socket_is_live(path):
-        raise StartupError(f"a broker is already running on {path}")
-    logger.info("removing stale socket", extra={"fields": {"socket": str(path)}})
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def bind_socket(settings: BrokerSettings) -> BoundSocket:
-    """Create the listening socket: private dir by default, mode set by umask at bind time."""
-    private_dir: Path | None = None
-    try:
-        if settings.socket is None:
-            check_default_socket_fits()
-            path = new_private_socket_path()
-            private_dir = path.parent
-        else:
-            path = settings.socket.absolute()
-            check_socket_path_length(path)
-            if not path.parent.is_dir():
-                raise StartupError(f"the socket's directory {path.parent} does not exist")
-            _clear_path(path)
-    except SocketPathTooLong as exc:
-        raise StartupError(str(exc)) from exc
-    except OSError as exc:
-        raise StartupError(f"cannot prepare the socket: {exc}") from exc
-
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    # The socket file gets its mode from the umask at bind time: there is no instant at which
-    # it exists with wider permissions (a chmod afterwards would leave such a window).
-    # The umask is process-wide; start-up is single-threaded at this point.
-    previous_umask = os.umask(0o777 & ~settings.socket_mode)
-    try:
-        sock.bind(os.fspath(path))
-    except OSError as exc:
-        sock.close()
-        if private_dir is not None:
-            with contextlib.suppress(OSError):
-                private_dir.rmdir()
-        if exc.errno == errno.EADDRINUSE:
-            raise StartupError(f"a broker is already running on {path}") from exc
-        raise StartupError(f"cannot bind {path}: {exc.strerror}") from exc
-    finally:
-        os.umask(previous_umask)
-    sock.listen(LISTEN_BACKLOG)
-    sock.setblocking(False)
-    return BoundSocket(path, sock, private_dir, os.lstat(path).st_ino)
-
-
-# ---- signals -------------------------------------------------------------------------------
-
-
-class SignalDispatcher:
-    """The process's one handler for SIGINT and SIGTERM (seed defects #3, #4, #16).
-
-    It is installed at most once per process, however many brokers start and stop in it, and
-    forwards each signal to whoever is subscribed now. With nobody subscribed, it behaves as
-    the handler it replaced (Ctrl-C still raises KeyboardInterrupt in a test process).
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._listeners: list[Callable[[int], None]] = []
-        self._previous: dict[int, Any] = {}
-        self.installations = 0
-
-    @property
-    def installed(self) -> bool:
-        return self.installations > 0
-
-    def install(self) -> None:
-        with self._lock:
-            if self.installations or threading.current_thread() is not threading.main_thread():
-                return
-            for sig in HANDLED_SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._dispatch)
-            self.installations += 1
-
-    def subscribe(self, listener: Callable[[int], None]) -> Callable[[], None]:
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock, contextlib.suppress(ValueError):
-                self._listeners.remove(listener)
-
-        return unsubscribe
-
-    @property
-    def listener_count(self) -> int:
-        return len(self._listeners)
-
-    def _dispatch(self, signum: int, frame: FrameType | None) -> None:
-        # No lock here: the handler runs on the main thread, which may hold the lock already.
-        listeners = list(self._listeners)
-        if listeners:
-            for listener in listeners:
-                listener(signum)
-            return
-        previous = self._previous.get(signum)
-        if callable(previous):
-            previous(signum, frame)
-        elif previous != signal.SIG_IGN:
-            # The default action (end the process by this signal), exactly as if we had never
-            # installed anything: the parent sees "killed by SIGTERM", not an exit code.
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
-
-
-SIGNALS = SignalDispatcher()
-
 
 # ---- uvicorn -------------------------------------------------------------------------------
 
@@ -334,43 +165,6 @@ class BrokerServer(uvicorn.Server):
         else:
             self.stop_reason = name
             self.should_exit = True  # not started yet: uvicorn checks this before serving
-
-
-def connection_limits(settings: BrokerSettings) -> ConnectionLimits:
-    """The settings' connection limits, with max_connections fitted to the open-file limit."""
-    limits = ConnectionLimits(
-        keep_alive=settings.keep_alive_timeout / 1000,
-        head_timeout=settings.head_timeout / 1000,
-        body_timeout=settings.body_timeout / 1000,
-        max_connections=settings.max_connections,
-        max_head_bytes=MAX_HEAD_BYTES,
-    )
-    available = _raise_open_file_limit(settings.max_connections + FD_RESERVE) - FD_RESERVE
-    if available < limits.max_connections:
-        logger.warning(
-            "max_connections lowered to fit the open-file limit (ulimit -n)",
-            extra={"fields": {"max_connections": max(1, available),
-                              "configured": settings.max_connections}},
-        )  # fmt: skip
-        limits.max_connections = max(1, available)
-    return limits
-
-
-def _raise_open_file_limit(wanted: int) -> int:
-    """Raise the soft RLIMIT_NOFILE towards `wanted` (never above the hard limit); returns it."""
-    try:
-        import resource
-    except ImportError:  # not POSIX
-        return wanted
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= wanted:
-        return wanted
-    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError):
-        return soft
-    return target
 
 
 def uvicorn_config(
