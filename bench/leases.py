@@ -3,7 +3,8 @@
 A pool holds `holders` leases, values 0..holders-1. Each sample releases the lease of one
 holder picked at random (so the free value may sit anywhere, up to the top) and times the grant
 that follows, which must hand that value out again as the lowest free one. A grant that scanned
-for the lowest free value (seed defect #9) would cost O(holders) here; ours pops a heap.
+for the lowest free value (defect 9 of the design notes) would cost O(holders) here; ours
+pops a heap.
 
     python -m bench.leases [--samples N]
 

@@ -43,11 +43,11 @@ ErrorCode = Literal[
 
 # code -> (status, title)
 ERRORS: Final[Mapping[str, tuple[int, str]]] = {
-    # Not in SPEC's table: a request the HTTP parser itself refuses (bad request line or
+    # Beyond the API's own errors: a request the HTTP parser itself refuses (bad request line or
     # headers, a body that overruns its Content-Length into garbage).
     "bad_request": (400, "Malformed HTTP request"),
     "invalid_json": (400, "Invalid JSON"),
-    # Not in SPEC's table either: the request line and headers passed MAX_HEAD_BYTES.
+    # Also beyond them: the request line and headers passed MAX_HEAD_BYTES.
     "headers_too_large": (431, "Request Header Fields Too Large"),
     "auth_failed": (401, "Authentication failed"),
     "not_found": (404, "Key not found"),

@@ -2,8 +2,8 @@
 
 Call sites pass structured fields with `extra={"fields": {...}}`. A field value that is a dict
 or a list is rendered as JSON in text mode too, never as a Python repr or "[object Object]"
-(seed defect #11). Nothing here ever receives a value or a secret: call sites log keys, sizes,
-codes and request ids only.
+(defect 11 of the design notes). Nothing here ever receives a value or a secret: call sites
+log keys, sizes, codes and request ids only.
 """
 
 from __future__ import annotations

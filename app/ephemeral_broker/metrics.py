@@ -5,7 +5,7 @@ Everything that describes state (items, capacity, in-flight requests, draining, 
 counters) is read from a snapshot taken when
 `/metrics` is scraped, so a scrape is always current without any other call first.
 Label values come from fixed sets (route names, error codes): a key or pool name never
-becomes a label, and prometheus-client escapes whatever it writes (seed defect #22).
+becomes a label, and prometheus-client escapes whatever it writes (defect 22 of the design notes).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rules every store applies to names and TTLs (SPEC section 3, "Names" and the TTL rows).
+"""Rules every store applies to names and TTLs.
 
 They live apart from any store so that a second store implementation enforces exactly the
 same rules, and so the error sentences are written once.

@@ -1,4 +1,4 @@
-"""The HMAC request signature of SPEC section 5, shared by the broker and the clients.
+"""The HMAC request signature, shared by the broker and the clients.
 
     message   = "<timestamp>\\n<METHOD>\\n<path?query>\\n<hex sha256 of body>"
     signature = hex(HMAC-SHA256(secret, message))

@@ -179,10 +179,11 @@ def _non_finite_path(payload: dict[str, Any]) -> str | None:
 def encode_json(payload: dict[str, Any], subject: str) -> bytes:
     """Encode a request body made of a caller's arguments, before any I/O.
 
-    Raises TypeError naming `subject` ("the value for key 'a'") when it is not JSON (seed
-    defect #2): an unsupported type, a circular or too-deep structure, a non-str dict key, an
-    integer beyond 64 bits, a lone surrogate — and NaN or an infinity, which orjson would
-    quietly turn into null, so that what GET returns would differ from what was set.
+    Raises TypeError naming `subject` ("the value for key 'a'") when it is not JSON (defect
+    2 of the design notes): an unsupported type, a circular or too-deep structure, a non-str
+    dict key, an integer beyond 64 bits, a lone surrogate — and NaN or an infinity, which
+    orjson would quietly turn into null, so that what GET returns would differ from what was
+    set.
     """
     try:
         body = orjson.dumps(payload)
@@ -347,8 +348,8 @@ def exchange(wire: Wire, call: Call[T]) -> Plan[T]:
     """Send `call`, retrying connection failures within the call's one time budget.
 
     All attempts and the pauses between them fit in `timeout` (+ the call's `wait_s`): each
-    attempt's httpx timeout is what is left of it, so the call never takes longer (seed
-    defect #15). Only failures where the request certainly did not reach the broker are
+    attempt's httpx timeout is what is left of it, so the call never takes longer (defect
+    15 of the design notes). Only failures where the request certainly did not reach the broker are
     retried, unless the call is idempotent.
     """
     budget = wire.timeout + call.wait_s

@@ -72,7 +72,7 @@ CONNECTION_ARGS = """
         socket: the broker's socket path; defaults to `$EPHEMERAL_PIPE`. With neither,
             BrokerUnavailable is raised at once.
         secret: the shared secret; defaults to `$EPHEMERAL_SECRET`. When set, every request
-            is signed (HMAC-SHA256 over the request target and body, SPEC section 5).
+            is signed (HMAC-SHA256 over the request target and body).
         timeout: seconds one call may take, all connection retries included: a broker that
             is still starting is reached as soon as it listens, and no call takes longer.
         transport: any httpx transport to use instead of the client's own `UnixTransport`

@@ -1,6 +1,6 @@
 """The exceptions the clients raise, all subclasses of `BrokerError`.
 
-The broker names every failure with a stable `code` in its problem+json body (SPEC section 3);
+The broker names every failure with a stable `code` in its problem+json body;
 `error_class(code)` is the one mapping from those codes to exception classes. Failures the
 client itself detects have codes of their own: `unavailable`, `timeout`, `invalid_response`.
 """

@@ -1,4 +1,4 @@
-"""Auth (SPEC section 5): a Bearer token or an HMAC signature on every route but the probes.
+"""Auth: a Bearer token or an HMAC signature on every route but the probes.
 
 Called by BrokerMiddleware (after the request id and the drain gate, before the body limits
 and Content-Encoding decoding), for every path but the probes:
@@ -13,7 +13,8 @@ and Content-Encoding decoding), for every path but the probes:
 
 Every comparison with the secret is constant-time: `hmac.compare_digest` over two SHA-256
 digests, so not even the length of a Bearer token is compared directly. Every malformed
-header, whatever its size or content, is a 401 `auth_failed` (seed defect #13), never a 500.
+header, whatever its size or content, is a 401 `auth_failed`, never a 500 (defect 13 of the
+design notes).
 Neither the secret nor what the client sent appears in a response or a log line.
 """
 

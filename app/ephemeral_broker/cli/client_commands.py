@@ -1,4 +1,4 @@
-"""The client commands of the command line (SPEC section 7): get, set, del, list, incr, lease,
+"""The client commands of the command line: get, set, del, list, incr, lease,
 release, ping, health, stats, metrics.
 
 Output is made for shell pipelines: `get` prints a string value raw and anything else as JSON,

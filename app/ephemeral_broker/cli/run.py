@@ -10,13 +10,13 @@ what makes it race-free:
    its arguments: nothing secret shows in `ps`.
 3. SIGINT and SIGTERM go to CMD, each exactly once, through the process's one signal dispatcher
    (serving/signals.py): the broker itself does not react to them, so CMD's own shutdown
-   requests are still served (seed defects #3, #4, #16). The one exception is a Ctrl-C typed at
-   a terminal in which CMD runs in the foreground with us: the terminal has already sent SIGINT
-   to CMD, and forwarding it would deliver it twice.
+   requests are still served (defects 3, 4 and 16 of the design notes). The one exception is a
+   Ctrl-C typed at a terminal in which CMD runs in the foreground with us: the terminal has
+   already sent SIGINT to CMD, and forwarding it would deliver it twice.
 4. When CMD ends, the broker drains and stops, the socket and its directory are removed, and
    `run` exits with CMD's exit code: 128+N when CMD died of signal N, 127 when CMD cannot be
    found, 126 when it cannot be executed. Awaiting CMD is what keeps the process alive; there
-   is no never-resolving future (seed defect #7).
+   is no never-resolving future (defect 7 of the design notes).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ class _RefuseSecretFlag(argparse.Action):
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every setting of BrokerSettings as `--name-with-dashes` (SPEC section 2)."""
+    """Every setting of BrokerSettings as `--name-with-dashes`."""
     group = parser.add_argument_group(
         "broker settings", "Each also comes from BROKER_<NAME>; a flag wins over the environment."
     )

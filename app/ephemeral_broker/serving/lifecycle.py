@@ -1,4 +1,4 @@
-"""Background jobs of a serving broker: the heartbeat line and the idle timeout (SPEC 2 and 6).
+"""Background jobs of a serving broker: the heartbeat line and the idle timeout.
 
 Both run for the app's lifetime through `create_app(settings, background=...)` and use the
 monotonic clock of the process: they measure how long the broker has run or waited, not when

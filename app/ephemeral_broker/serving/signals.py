@@ -16,7 +16,7 @@ HANDLED_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 
 
 class SignalDispatcher:
-    """The process's one handler for SIGINT and SIGTERM (seed defects #3, #4, #16).
+    """The process's one handler for SIGINT and SIGTERM (defects 3, 4 and 16 of the design notes).
 
     It is installed at most once per process, however many brokers start and stop in it, and
     forwards each signal to whoever is subscribed now. With nobody subscribed, it behaves as

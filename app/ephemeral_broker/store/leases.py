@@ -4,7 +4,7 @@ Costs (n = holders of one pool, L = live leases of all pools, w = waiters of one
 - grant: O(log n). Each pool keeps `next_value` (every value below it has been handed out at
   least once) and a min-heap of the values below it that no live lease holds. The lowest free
   value is the heap's top, or `next_value` when the heap is empty: never a scan of the holders
-  (seed defect #9).
+  (defect 9 of the design notes).
 - renew, release: O(log L) for the expiry heap; release-all of a worker: O(k log L) for its k
   leases. Listing sorts what it returns.
 - expiry: one heap of `(scheduled_ms, token)` pairs for all pools, with the same lazy

@@ -1,6 +1,6 @@
 """A sorted set of strings with O(log n) updates and prefix scans that cost O(log n + k).
 
-Listing keys by prefix must not visit the whole store (SPEC section 4). A single sorted
+Listing keys by prefix must not visit the whole store. A single sorted
 Python list would make each insert an O(n) memmove; this keeps the keys in chunks of at most
 `2 * load` sorted strings, with a list of each chunk's largest key to bisect on, the layout of
 the well-known `sortedcontainers.SortedList`, reduced to what the store needs.

@@ -1,4 +1,4 @@
-"""Keys: PUT/GET/DELETE one key, list by prefix, incr, touch (SPEC section 3, "Keys")."""
+"""Keys: PUT/GET/DELETE one key, list by prefix, incr, touch."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ async def set_key(
     payload = await read_model(request, SetKeyRequest)
     precondition = conditions(if_match, if_none_match)
     # The one serialisation of the value: its size is checked on these bytes, they are stored
-    # as they are, and GET returns them as they are (seed defect #10).
+    # as they are, and GET returns them as they are (defect 10 of the design notes).
     encoded = orjson.dumps(payload.value)
     result = await store_of(request).set(key, encoded, payload.ttl_ms, precondition)
     meta = result.meta

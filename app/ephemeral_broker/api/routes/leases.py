@@ -1,5 +1,5 @@
 """Leases: acquire (or renew) in a pool, renew, release one, release all of a worker, list
-(SPEC section 3, "Leases").
+(the HTTP API docs, "Leases").
 
 Path parameters: pool names and worker ids are one path segment each (the `name` convertor
 of api/paths.py); one that hides a '/' as %2F, or is not UTF-8, is refused with 422

@@ -1,4 +1,4 @@
-"""Probes, health, stats, ping and Prometheus metrics (SPEC section 3, "System")."""
+"""Probes, health, stats, ping and Prometheus metrics."""
 
 from __future__ import annotations
 
