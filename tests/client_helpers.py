@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import httpx
 import pytest
@@ -40,6 +40,8 @@ from ephemeral_broker_client import (
     UnixTransport,
 )
 from tests.conftest import BrokerProcess, kill_broker, launch_broker
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +136,14 @@ class Clients:
             time.sleep(seconds)
         else:
             self.runner.run(asyncio.sleep(seconds))
+
+    def blocking(self, call: Callable[[], T]) -> T:
+        """Run a blocking call. For the async clients it runs in a thread while their event
+        loop goes on: their keepalive tasks live on that loop, and a lease with a short TTL
+        would expire during a call that stopped it (e.g. a listing on a loaded machine)."""
+        if self.kind == "sync":
+            return call()
+        return self.runner.run(asyncio.to_thread(call))
 
     def close(self) -> None:
         for client in self.opened:
