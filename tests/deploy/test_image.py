@@ -31,10 +31,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ephemeral_broker.main import create_app
 from ephemeral_broker.settings import BrokerSettings
+from tests.conftest import BrokerProcess, wait_until
 
-from .conftest import BrokerProcess, wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 HEALTHCHECK_SCRIPT = ROOT / "image" / "healthcheck.py"
 SOCKET_DIR = "/run/ephemeral-broker"

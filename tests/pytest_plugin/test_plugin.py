@@ -33,7 +33,7 @@ from ephemeral_broker_client.pytest_plugin import once_fixture
 from tests.conftest import BrokerProcess, wait_until
 from tests.redis_helpers import fresh_namespace
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 120.0
 
 # The conftest of the suites run below: every event is one JSON line appended to a file, so

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import BrokerFactory
-from tests.test_metrics_listener import free_port
+from tests.server.serving.test_metrics_listener import free_port
 
 SCRAPE_INTERVAL = "1s"
 QUERY_TIMEOUT_SECONDS = 60.0

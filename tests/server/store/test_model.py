@@ -31,7 +31,7 @@ from ephemeral_broker.store.base import NO_PRECONDITION, Precondition
 from ephemeral_broker.store.memory import MemoryStore
 from ephemeral_broker.store.redis import RedisStore
 from tests.redis_helpers import fresh_namespace
-from tests.test_store_memory import limits
+from tests.server.store.test_memory import limits
 
 KEYS = st.sampled_from(["a", "ab", "b", "ba", "c"])
 POOLS = st.sampled_from(["p", "q"])

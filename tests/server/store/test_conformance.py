@@ -20,7 +20,7 @@ from ephemeral_broker.errors import BrokerError
 from ephemeral_broker.store import MemoryStore, Precondition
 from ephemeral_broker.store.redis import RedisStore
 from tests.redis_helpers import fresh_namespace
-from tests.test_store_memory import limits
+from tests.server.store.test_memory import limits
 
 pytestmark = pytest.mark.anyio
 

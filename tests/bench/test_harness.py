@@ -21,7 +21,7 @@ def run_module(module: str, *args: str, timeout: float) -> subprocess.CompletedP
         text=True,
         timeout=timeout,
         check=False,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
     )
 
 

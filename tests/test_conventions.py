@@ -97,7 +97,9 @@ def test_every_seed_defect_has_a_row_and_every_named_test_exists() -> None:
     section = section.split("\n## ", 1)[0]
     rows = re.findall(r"^\| (\d+) \|", section, flags=re.MULTILINE)
     assert sorted(map(int, rows)) == list(range(1, 29))
-    sources = "\n".join(p.read_text(encoding="utf-8") for p in Path(__file__).parent.glob("*.py"))
+    sources = "\n".join(
+        p.read_text(encoding="utf-8") for p in Path(__file__).parent.rglob("test_*.py")
+    )
     defined = set(re.findall(r"def (test_defect_\w+)", sources))
     named = set(re.findall(r"(test_defect_\w+)", section))
     assert named == defined, (named - defined, defined - named)

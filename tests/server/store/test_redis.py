@@ -14,7 +14,7 @@ from ephemeral_broker.errors import BrokerError
 from ephemeral_broker.store.base import NamespaceConflict
 from ephemeral_broker.store.redis import SAFETY_MARGIN_MS, RedisStore
 from tests.redis_helpers import fresh_namespace
-from tests.test_store_memory import enc, limits
+from tests.server.store.test_memory import enc, limits
 
 pytestmark = pytest.mark.anyio
 

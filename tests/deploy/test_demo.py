@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.conftest import BROKER_EXE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_makefile_demo_runs_the_demo_under_run() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.conftest import BROKER_EXE
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "quickstart.sh"
 
 

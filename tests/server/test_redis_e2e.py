@@ -283,7 +283,7 @@ def test_bad_store_and_namespace_settings_are_refused(short_tmp: Path) -> None:
 def test_without_redis_server_the_tests_skip_naming_it_but_fail_under_ci(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     pytester.makeconftest(
         "import pytest\n"
         "from tests.redis_helpers import run_redis_server\n"

@@ -23,7 +23,7 @@ from ephemeral_broker.metrics_listener import MetricsEndpoints
 from ephemeral_broker.runtime import Runtime
 from ephemeral_broker.store.memory import MemoryStore
 from tests.conftest import BROKER_EXE, BrokerFactory, asgi_call, assert_problem, uds_client
-from tests.test_store_memory import limits
+from tests.server.store.test_memory import limits
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ import orjson
 
 from ephemeral_broker.openapi import render
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_committed_openapi_matches_the_app() -> None:

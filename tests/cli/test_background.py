@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import BIN_DIR, BROKER_EXE, uds_client, wait_until
-from tests.test_lifecycle import SlowUpload
+from tests.server.serving.test_lifecycle import SlowUpload
 
 EPB = str(BIN_DIR / "epb")
 
