@@ -8,15 +8,17 @@ import inspect
 import re
 from pathlib import Path
 
-import httpx
 import pytest
 
 from ephemeral_broker.errors import ERRORS
+from ephemeral_broker.main import create_app
 from ephemeral_broker.metrics import BrokerMetrics
 from ephemeral_broker.settings import BrokerSettings
 from ephemeral_broker.store.base import Store
+from tests.support.asgi import asgi_call
+from tests.support.paths import ROOT
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def test_defect_18_error_codes_are_one_convention_and_all_documented() -> None:
@@ -60,11 +62,14 @@ def test_defect_20_the_public_api_is_documented() -> None:
             assert inspect.getdoc(member), f"{cls.__name__}.{name} has no docstring"
 
 
-def test_defect_21_a_failing_test_still_stops_its_broker(pytester: pytest.Pytester) -> None:
+def test_defect_21_a_failing_test_still_stops_its_broker(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Seed defect #21: a crashing test left its broker running. Our fixtures end brokers by
     pid in teardown, which runs whether the test passed or failed."""
     conftest = (Path(__file__).resolve().parent / "conftest.py").read_text(encoding="utf-8")
     pytester.makeconftest(conftest)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the conftest imports tests.support
     pytester.makepyfile(
         test_fails="""
         def test_fails(broker):
@@ -84,12 +89,13 @@ def test_defect_21_a_failing_test_still_stops_its_broker(pytester: pytest.Pytest
 
 
 @pytest.mark.anyio
-async def test_defect_28_metrics_cannot_be_reset(api: httpx.AsyncClient) -> None:
+async def test_defect_28_metrics_cannot_be_reset() -> None:
     """Seed defect #28: a public metrics.reset() in production. There is no reset: not on the
     metrics object, and no route accepts a write to /metrics."""
     assert not [name for name in dir(BrokerMetrics) if "reset" in name.lower()]
+    app = create_app(BrokerSettings())
     for method in ("POST", "PUT", "DELETE", "PATCH"):
-        assert (await api.request(method, "/metrics")).status_code == 405
+        assert (await asgi_call(app, method, "/metrics")).status == 405
 
 
 def test_every_seed_defect_has_a_row_and_every_named_test_exists() -> None:

@@ -3,26 +3,13 @@ memory targets are read from `python -m bench` runs, never checked in tests."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import orjson
 import pytest
 
 from bench.__main__ import missing_fields
-
-
-def run_module(module: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """`python -m module args...` from the project's root, its output captured."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+from tests.support.commands import run_module
 
 
 @pytest.mark.timeout(900)

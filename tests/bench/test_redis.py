@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from bench.redis_bench import OPERATIONS
-from tests.bench.test_harness import run_module
+from tests.support.commands import run_module
 
 
 @pytest.mark.timeout(600)

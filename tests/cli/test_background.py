@@ -17,8 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import BIN_DIR, BROKER_EXE, uds_client, wait_until
-from tests.server.serving.test_lifecycle import SlowUpload
+from tests.support.brokers import BIN_DIR, BROKER_EXE, uds_client
+from tests.support.slow_upload import SlowUpload
+from tests.support.waiting import wait_until
 
 EPB = str(BIN_DIR / "epb")
 

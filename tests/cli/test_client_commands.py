@@ -14,10 +14,8 @@ import orjson
 
 from ephemeral_broker.signing import verify
 from ephemeral_broker_client import BrokerClient
-from tests.client_helpers import RawServer, http_answer, ns, shared_broker
-from tests.conftest import BIN_DIR, BrokerProcess
-
-__all__ = ["ns", "shared_broker"]  # fixtures the tests below use
+from tests.support.brokers import BIN_DIR, BrokerProcess
+from tests.support.raw_server import RawServer, http_answer
 
 EXE = str(BIN_DIR / "ephemeral-broker")
 

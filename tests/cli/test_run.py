@@ -21,7 +21,7 @@ import pytest
 from ephemeral_broker.runner import supervise
 from ephemeral_broker.server import SIGNALS, run_in_new_loop
 from ephemeral_broker.settings import BrokerSettings
-from tests.conftest import BROKER_EXE, read_first_line
+from tests.support.brokers import BROKER_EXE, read_first_line
 
 PYTHON = sys.executable
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from ephemeral_broker_client import AuthFailed
-from tests.client_helpers import each_kind
-from tests.conftest import BIN_DIR, BrokerFactory, BrokerProcess
+from tests.support.brokers import BIN_DIR, BrokerFactory, BrokerProcess
+from tests.support.clients import each_kind
 
 SECRET = "correct horse battery staple"
 

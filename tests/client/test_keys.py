@@ -27,10 +27,8 @@ from ephemeral_broker_client import (
     StoreFull,
     TooLarge,
 )
-from tests.client_helpers import Clients, clients, each_kind, ns, shared_broker
-from tests.conftest import BrokerFactory, BrokerProcess
-
-__all__ = ["clients", "ns", "shared_broker"]  # fixtures the tests below use
+from tests.support.brokers import BrokerFactory, BrokerProcess
+from tests.support.clients import Clients, each_kind
 
 TTL = 60_000
 

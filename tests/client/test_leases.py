@@ -27,19 +27,10 @@ from ephemeral_broker_client import (
     StoreFull,
 )
 from ephemeral_broker_client import _operations as operations
-from tests.client_helpers import (
-    KINDS,
-    Clients,
-    RawServer,
-    clients,
-    each_kind,
-    http_answer,
-    ns,
-    shared_broker,
-)
-from tests.conftest import BrokerFactory, BrokerProcess, uds_client, wait_until
-
-__all__ = ["clients", "ns", "shared_broker"]  # fixtures the tests below use
+from tests.support.brokers import BrokerFactory, BrokerProcess, uds_client
+from tests.support.clients import KINDS, Clients, each_kind
+from tests.support.raw_server import RawServer, http_answer
+from tests.support.waiting import wait_until
 
 TTL = 60_000
 

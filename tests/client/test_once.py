@@ -16,10 +16,9 @@ import orjson
 import pytest
 
 from ephemeral_broker_client import ONCE_LOCK_SUFFIX, AsyncBrokerClient, BrokerClient
-from tests.client_helpers import Clients, clients, ns, shared_broker
-from tests.conftest import BrokerProcess, wait_until
-
-__all__ = ["clients", "ns", "shared_broker"]  # fixtures the tests below use
+from tests.support.brokers import BrokerProcess
+from tests.support.clients import Clients
+from tests.support.waiting import wait_until
 
 TTL = 60_000
 PROCESSES = 16

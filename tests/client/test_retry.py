@@ -21,10 +21,9 @@ from ephemeral_broker_client._protocol import (
     exchange,
     resolve_wire,
 )
-from tests.client_helpers import Clients, RawServer, clients, http_answer
-from tests.conftest import BrokerFactory
-
-__all__ = ["clients"]  # the fixture the tests below use
+from tests.support.brokers import BrokerFactory
+from tests.support.clients import Clients
+from tests.support.raw_server import RawServer, http_answer
 
 # The brief's "small margin": scheduling noise on a loaded two-core machine, not a retry.
 MARGIN_S = 0.3

@@ -14,9 +14,8 @@ import pytest
 from ephemeral_broker.errors import PROBLEM_CONTENT_TYPE, problem_body
 from ephemeral_broker.signing import verify
 from ephemeral_broker_client import AuthFailed, BrokerClient
-from tests.client_helpers import Clients, RawServer, clients, http_answer
-
-__all__ = ["clients"]  # the fixture the tests below use
+from tests.support.clients import Clients
+from tests.support.raw_server import RawServer, http_answer
 
 SECRET = "correct horse battery staple"
 

@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 
 from ephemeral_broker_client import BrokerUnavailable
-from tests.client_helpers import Clients, clients
-from tests.conftest import BROKER_EXE
-
-__all__ = ["clients"]  # the fixture the tests below use
+from tests.support.brokers import BROKER_EXE
+from tests.support.clients import Clients
 
 
 def stale_socket(path: Path) -> Path:

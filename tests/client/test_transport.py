@@ -27,10 +27,8 @@ from ephemeral_broker_client import (
     ResponseTooLarge,
     UnixTransport,
 )
-from tests.client_helpers import http_answer, shared_broker
-from tests.conftest import BrokerProcess
-
-__all__ = ["shared_broker"]  # the fixture the tests below use
+from tests.support.brokers import BrokerProcess
+from tests.support.raw_server import http_answer
 
 OK = http_answer(200, b'{"pong":1}')
 

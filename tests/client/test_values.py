@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 
 from ephemeral_broker_client import BrokerError, InvalidResponse
-from tests.client_helpers import Clients, RawServer, clients, http_answer
-
-__all__ = ["clients"]  # the fixture the tests below use
+from tests.support.clients import Clients
+from tests.support.raw_server import RawServer, http_answer
 
 
 def _circular() -> list[Any]:

@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import BROKER_EXE
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.brokers import BROKER_EXE
+from tests.support.paths import ROOT
 
 
 def test_makefile_demo_runs_the_demo_under_run() -> None:

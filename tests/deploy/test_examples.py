@@ -17,9 +17,9 @@ import yaml
 
 from ephemeral_broker.listen_address import parse_listen_address
 from ephemeral_broker.settings import BrokerSettings
-from tests.deploy.test_image import dockerfile_instructions
+from tests.support.dockerfile import dockerfile_instructions
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "examples" / "compose" / "compose.yaml"
 POD = ROOT / "examples" / "kubernetes" / "pod.yaml"
 

@@ -31,10 +31,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ephemeral_broker.main import create_app
 from ephemeral_broker.settings import BrokerSettings
-from tests.conftest import BrokerProcess, wait_until
+from tests.support.brokers import BrokerProcess
+from tests.support.dockerfile import DOCKERFILE, dockerfile_instructions
+from tests.support.paths import ROOT
+from tests.support.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-DOCKERFILE = ROOT / "Dockerfile"
 HEALTHCHECK_SCRIPT = ROOT / "image" / "healthcheck.py"
 SOCKET_DIR = "/run/ephemeral-broker"
 SOCKET = f"{SOCKET_DIR}/broker.sock"
@@ -99,18 +100,6 @@ def test_hadolint_does_report_a_faulty_dockerfile(tmp_path: Path) -> None:
     codes = {f["code"] for f in json.loads(result.stdout)}
     assert result.returncode != 0
     assert "DL3008" in codes  # apt-get install without pinned versions: a warning
-
-
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments left out."""
-    joined = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
-    out = []
-    for line in joined.splitlines():
-        stripped = line.strip()
-        if stripped and not stripped.startswith("#"):
-            word, _, rest = stripped.partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
 
 
 def test_dockerfile_pins_the_base_by_digest_and_runs_as_a_numeric_user() -> None:

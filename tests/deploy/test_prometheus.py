@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import BrokerFactory
-from tests.server.serving.test_metrics_listener import free_port
+from tests.support.brokers import BrokerFactory
+from tests.support.net import free_port
 
 SCRAPE_INTERVAL = "1s"
 QUERY_TIMEOUT_SECONDS = 60.0

@@ -30,10 +30,11 @@ from ephemeral_broker.settings import BrokerSettings
 from ephemeral_broker.store.base import StoreLimits
 from ephemeral_broker.store.redis import RedisStore
 from ephemeral_broker_client.pytest_plugin import once_fixture
-from tests.conftest import BrokerProcess, wait_until
-from tests.redis_helpers import fresh_namespace
+from tests.support.brokers import BrokerProcess
+from tests.support.paths import ROOT
+from tests.support.redis_server import fresh_namespace
+from tests.support.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT = 120.0
 
 # The conftest of the suites run below: every event is one JSON line appended to a file, so

@@ -20,9 +20,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import BrokerFactory, BrokerProcess, read_first_line, wait_until
+from tests.support.brokers import BrokerFactory, BrokerProcess, read_first_line
+from tests.support.waiting import wait_until
 
-WORKER = Path(__file__).resolve().parents[1] / "lease_worker.py"
+WORKER = Path(__file__).resolve().parents[1] / "support" / "lease_worker.py"
 
 
 def run_workers(broker: BrokerProcess, argvs: list[list[str]]) -> list[dict[str, Any]]:

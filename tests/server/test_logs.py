@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from ephemeral_broker.logs import JsonFormatter, TextFormatter
-from tests.conftest import BrokerFactory
+from tests.support.brokers import BrokerFactory
 
 VALUE = "VALUE-7f3a9c-must-never-be-logged"
 SECRET = "SECRET-0b1e44-must-never-be-logged"

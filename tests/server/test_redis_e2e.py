@@ -18,8 +18,10 @@ import httpx
 import pytest
 
 from ephemeral_broker_client import BrokerClient
-from tests.conftest import BROKER_EXE, BrokerFactory, BrokerProcess, assert_problem
-from tests.redis_helpers import RedisServer, fresh_namespace
+from tests.support.brokers import BROKER_EXE, BrokerFactory, BrokerProcess
+from tests.support.paths import ROOT
+from tests.support.redis_server import RedisServer, fresh_namespace
+from tests.support.responses import assert_problem
 
 
 @pytest.fixture
@@ -283,10 +285,10 @@ def test_bad_store_and_namespace_settings_are_refused(short_tmp: Path) -> None:
 def test_without_redis_server_the_tests_skip_naming_it_but_fail_under_ci(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = Path(__file__).resolve().parents[2]
+    root = ROOT
     pytester.makeconftest(
         "import pytest\n"
-        "from tests.redis_helpers import run_redis_server\n"
+        "from tests.support.redis_server import run_redis_server\n"
         "redis_server = pytest.fixture(scope='session')(run_redis_server)\n"
     )
     pytester.makepyfile("def test_needs_redis(redis_server):\n    pass\n")

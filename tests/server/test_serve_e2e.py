@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import BROKER_EXE, BrokerFactory, BrokerProcess, read_first_line, wait_until
+from tests.support.brokers import BROKER_EXE, BrokerFactory, BrokerProcess, read_first_line
+from tests.support.waiting import wait_until
 
 
 def curl(socket: Path, *args: str) -> tuple[int, dict[str, str], str]:

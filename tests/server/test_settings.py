@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from ephemeral_broker.cli import build_parser
 from ephemeral_broker.cli_settings import settings_from_args
 from ephemeral_broker.settings import BrokerSettings, describe_settings_error
-from tests.conftest import BROKER_EXE
+from tests.support.brokers import BROKER_EXE
 
 
 def from_flags(*argv: str) -> BrokerSettings:

@@ -18,7 +18,8 @@ from ephemeral_broker.clock import FakeClock
 from ephemeral_broker.main import create_app
 from ephemeral_broker.settings import BrokerSettings
 from ephemeral_broker.signing import sign, signature_headers
-from tests.conftest import BROKER_EXE, AppFactory, BrokerFactory, BrokerProcess, asgi_call
+from tests.support.asgi import AppFactory, asgi_call
+from tests.support.brokers import BROKER_EXE, BrokerFactory, BrokerProcess
 
 SECRET = "s3cret-for-tests-0123456789abcdef"
 # Large credentials that still fit the 64 KiB bound on a request's head reach auth and get

@@ -8,7 +8,9 @@ import orjson
 import pytest
 
 from ephemeral_broker.api.body import MAX_ERROR_ENTRIES
-from tests.conftest import AppFactory, BrokerProcess, assert_problem
+from tests.support.asgi import AppFactory
+from tests.support.brokers import BrokerProcess
+from tests.support.responses import assert_problem
 
 pytestmark = pytest.mark.anyio
 

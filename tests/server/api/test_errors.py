@@ -14,7 +14,8 @@ from ephemeral_broker.clock import FakeClock
 from ephemeral_broker.main import create_app
 from ephemeral_broker.settings import BrokerSettings
 from ephemeral_broker.store import MemoryStore, StoreLimits
-from tests.conftest import AppFactory, asgi_call, assert_problem
+from tests.support.asgi import AppFactory, asgi_call
+from tests.support.responses import assert_problem
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from ephemeral_broker.clock import FakeClock
-from tests.conftest import AppFactory, assert_problem
+from tests.support.asgi import AppFactory
+from tests.support.responses import assert_problem
 
 pytestmark = pytest.mark.anyio
 

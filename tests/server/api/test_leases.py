@@ -11,7 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ephemeral_broker.clock import FakeClock
 from ephemeral_broker.store import MemoryStore
-from tests.conftest import AppFactory, assert_problem
+from tests.support.asgi import AppFactory
+from tests.support.responses import assert_problem
 
 pytestmark = pytest.mark.anyio
 

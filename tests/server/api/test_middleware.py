@@ -12,7 +12,7 @@ import pytest
 
 from ephemeral_broker.main import create_app
 from ephemeral_broker.settings import BrokerSettings
-from tests.conftest import asgi_call, http_scope
+from tests.support.asgi import asgi_call, http_scope
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,9 @@ import pytest
 
 from ephemeral_broker.main import create_app
 from ephemeral_broker.settings import BrokerSettings
-from tests.conftest import BrokerProcess, asgi_call, split_response
+from tests.support.asgi import asgi_call
+from tests.support.brokers import BrokerProcess
+from tests.support.responses import split_response
 
 pytestmark = pytest.mark.anyio
 

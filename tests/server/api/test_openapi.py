@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 
 from ephemeral_broker.openapi import render
-
-ROOT = Path(__file__).resolve().parents[3]
+from tests.support.paths import ROOT
 
 
 def test_committed_openapi_matches_the_app() -> None:

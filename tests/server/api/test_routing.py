@@ -15,7 +15,7 @@ from ephemeral_broker.api.body import error_entries
 from ephemeral_broker.api.routing import LeanRoute, RouteTable
 from ephemeral_broker.errors import BrokerError
 from ephemeral_broker.main import ROUTERS
-from tests.conftest import http_scope
+from tests.support.asgi import http_scope
 
 ROUTES = [route for router in ROUTERS for route in router.routes]
 METHODS = ("GET", "PUT", "POST", "DELETE", "PATCH", "HEAD")
@@ -156,7 +156,7 @@ async def test_a_bug_behind_the_route_table_is_still_a_problem_500_logged_once(
 
     from ephemeral_broker.main import create_app
     from ephemeral_broker.settings import BrokerSettings
-    from tests.conftest import assert_problem
+    from tests.support.responses import assert_problem
 
     app = create_app(BrokerSettings())
 

@@ -22,9 +22,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 
-from tests.conftest import BrokerProcess, kill_broker, launch_broker
+from tests.support.brokers import BrokerProcess, kill_broker, launch_broker
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES_PER_OPERATION = 50
 STATE_DEPENDENT = ["2xx", "3xx", "401", "404", "409", "412"]
 

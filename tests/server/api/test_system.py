@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ephemeral_broker import __version__
 from ephemeral_broker.clock import FakeClock
-from tests.conftest import AppFactory
+from tests.support.asgi import AppFactory
 
 pytestmark = pytest.mark.anyio
 

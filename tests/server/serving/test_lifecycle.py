@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,9 @@ from ephemeral_broker.logs import logger as broker_logger
 from ephemeral_broker.main import create_app
 from ephemeral_broker.server import SIGNALS, run_in_new_loop, serve
 from ephemeral_broker.settings import BrokerSettings
-from tests.conftest import BrokerFactory, BrokerProcess, split_response, wait_until
+from tests.support.brokers import BrokerFactory, BrokerProcess
+from tests.support.slow_upload import SlowUpload
+from tests.support.waiting import wait_until
 
 # ---- helpers -------------------------------------------------------------------------------
 
@@ -75,62 +76,6 @@ def stopped_line(stderr: str) -> dict[str, str]:
         if " broker stopped " in line:
             return dict(re.findall(r'(\w+)=("[^"]*"|\S+)', line))
     raise AssertionError(f"no 'broker stopped' line in:\n{stderr}")
-
-
-class SlowUpload:
-    """A raw connection that sends a request's head and part of its body, then keeps the body
-    moving one byte every `TRICKLE_SECONDS` (JSON whitespace) until `finish()`: a request the
-    broker has received and is still reading when shutdown begins. (A body that stops moving
-    altogether is ended by the body timeout instead: see test_connection_hygiene.py.)"""
-
-    TRICKLE_SECONDS = 0.1
-    PAD_BYTES = 3000  # five minutes of trickle
-
-    def __init__(self, path: Path, key: str = "slow") -> None:
-        document = json.dumps({"value": "uploaded slowly", "ttl_ms": 60000}).encode()
-        # Leading whitespace is part of the JSON text: the trickle sends only that.
-        self.body = b" " * self.PAD_BYTES + document
-        self.sent = 10
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(30)
-        self.sock.connect(str(path))
-        head = (
-            f"PUT /v1/keys/{key} HTTP/1.1\r\nHost: localhost\r\n"
-            f"Content-Length: {len(self.body)}\r\n\r\n"
-        ).encode()
-        self.sock.sendall(head + self.body[: self.sent])
-        self.lock = threading.Lock()
-        self.stopped = threading.Event()
-        self.trickler = threading.Thread(target=self._trickle, daemon=True)
-        self.trickler.start()
-
-    def _trickle(self) -> None:
-        while not self.stopped.wait(self.TRICKLE_SECONDS):
-            with self.lock:
-                if self.stopped.is_set() or self.sent >= self.PAD_BYTES:
-                    return
-                try:
-                    self.sock.sendall(b" ")
-                except OSError:  # the broker answered and closed
-                    return
-                self.sent += 1
-
-    def finish(self) -> None:
-        self.stopped.set()
-        with self.lock:
-            self.sock.sendall(self.body[self.sent :])
-
-    def response(self) -> tuple[int, dict[str, str], bytes]:
-        data = b""
-        while chunk := self.sock.recv(65536):
-            data += chunk
-        self.stopped.set()
-        return split_response(data)
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.trickler.join(timeout=5)
-        self.sock.close()
 
 
 @pytest.fixture

@@ -22,15 +22,11 @@ from ephemeral_broker.metrics import BrokerMetrics
 from ephemeral_broker.metrics_listener import MetricsEndpoints
 from ephemeral_broker.runtime import Runtime
 from ephemeral_broker.store.memory import MemoryStore
-from tests.conftest import BROKER_EXE, BrokerFactory, asgi_call, assert_problem, uds_client
-from tests.server.store.test_memory import limits
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from tests.support.asgi import asgi_call
+from tests.support.brokers import BROKER_EXE, BrokerFactory, uds_client
+from tests.support.net import free_port
+from tests.support.responses import assert_problem
+from tests.support.store import limits
 
 
 def metric_values(text: str) -> dict[str, float]:

@@ -15,7 +15,9 @@ import time
 import pytest
 
 from ephemeral_broker.http_protocol import MAX_HEAD_BYTES
-from tests.conftest import BrokerFactory, BrokerProcess, split_response, uds_client, wait_until
+from tests.support.brokers import BrokerFactory, BrokerProcess, uds_client
+from tests.support.responses import split_response
+from tests.support.waiting import wait_until
 
 
 def raw(broker: BrokerProcess) -> socket.socket:

@@ -9,7 +9,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from tests.conftest import BROKER_EXE, BrokerFactory
+from tests.support.brokers import BROKER_EXE, BrokerFactory
 
 
 def serve_expecting_failure(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:

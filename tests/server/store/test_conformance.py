@@ -19,8 +19,8 @@ from ephemeral_broker.clock import FakeClock
 from ephemeral_broker.errors import BrokerError
 from ephemeral_broker.store import MemoryStore, Precondition
 from ephemeral_broker.store.redis import RedisStore
-from tests.redis_helpers import fresh_namespace
-from tests.server.store.test_memory import limits
+from tests.support.redis_server import fresh_namespace
+from tests.support.store import limits
 
 pytestmark = pytest.mark.anyio
 

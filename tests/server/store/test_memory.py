@@ -11,35 +11,17 @@ import pytest
 
 from ephemeral_broker.clock import FakeClock
 from ephemeral_broker.errors import BrokerError
-from ephemeral_broker.store import MemoryStore, Precondition, StoreLimits
+from ephemeral_broker.store import MemoryStore, Precondition
 from ephemeral_broker.store import memory as memory_module
 from ephemeral_broker.store.memory import ENTRY_OVERHEAD_BYTES
+from tests.support.store import enc, limits
 
 pytestmark = pytest.mark.anyio
-
-
-def limits(**overrides: Any) -> StoreLimits:
-    base: dict[str, Any] = {
-        "max_items": 10_000,
-        "max_value_size": 262_144,
-        "max_key_length": 512,
-        "max_ttl": 86_400_000,
-        "default_ttl": 1_800_000,
-        "require_ttl": True,
-        "compression_threshold": 1024,
-        "refresh_ttl_on_get": False,
-    }
-    base.update(overrides)
-    return StoreLimits(**base)
 
 
 @pytest.fixture
 def store(clock: FakeClock) -> MemoryStore:
     return MemoryStore(limits(), clock)
-
-
-def enc(value: Any) -> bytes:
-    return orjson.dumps(value)
 
 
 async def code_of(awaitable: Any) -> str:

@@ -30,8 +30,8 @@ from ephemeral_broker.errors import BrokerError
 from ephemeral_broker.store.base import NO_PRECONDITION, Precondition
 from ephemeral_broker.store.memory import MemoryStore
 from ephemeral_broker.store.redis import RedisStore
-from tests.redis_helpers import fresh_namespace
-from tests.server.store.test_memory import limits
+from tests.support.redis_server import fresh_namespace
+from tests.support.store import limits
 
 KEYS = st.sampled_from(["a", "ab", "b", "ba", "c"])
 POOLS = st.sampled_from(["p", "q"])

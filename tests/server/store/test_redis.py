@@ -13,8 +13,8 @@ from ephemeral_broker.clock import FakeClock
 from ephemeral_broker.errors import BrokerError
 from ephemeral_broker.store.base import NamespaceConflict
 from ephemeral_broker.store.redis import SAFETY_MARGIN_MS, RedisStore
-from tests.redis_helpers import fresh_namespace
-from tests.server.store.test_memory import enc, limits
+from tests.support.redis_server import fresh_namespace
+from tests.support.store import enc, limits
 
 pytestmark = pytest.mark.anyio
 

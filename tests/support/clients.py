@@ -1,15 +1,13 @@
-"""Helpers for the client tests: every test body runs against both clients, and a raw socket
-server plays a broken broker.
+"""Every client test body runs against both clients over both transports.
 
-Fixtures (import them into a test module to use them):
-`shared_broker` is one real broker per test module, so that the many small client tests do not
-each pay a broker's start-up; `ns` is a key prefix unique to the test, so that tests sharing it
-stay independent. `clients` is parametrized over "sync" and "async", each over the client's own
-transport (`UnixTransport`, `AsyncUnixTransport`) and httpx's (`HTTPTransport(uds=...)`):
-`clients.open(socket)` returns a `BrokerClient`, or an `AsyncBrokerClient` driven through
-`Blocking` on one event loop, so the same assertions exercise both clients over both
-transports, and the two transports cannot drift apart. `clients.pause(s)` lets time pass with
-the loop running, so that an async lease keepalive keeps working while the test waits.
+`Clients(kind)` opens clients of one kind: "sync" or "async", each over the client's own
+transport (`UnixTransport`, `AsyncUnixTransport`) or, with "-httpx", over httpx's
+(`HTTPTransport(uds=...)`). `clients.open(socket)` returns a `BrokerClient`, or an
+`AsyncBrokerClient` driven through `Blocking` on one event loop, so the same assertions exercise
+both clients over both transports, and the two transports cannot drift apart.
+`clients.pause(s)` lets time pass with the loop running, so that an async lease keepalive keeps
+working while the test waits. The `clients` fixture (tests/client/conftest.py) is parametrized
+over `KINDS`; `each_kind()` gives all four against one broker a test starts itself.
 """
 
 from __future__ import annotations
@@ -18,18 +16,12 @@ import asyncio
 import contextlib
 import inspect
 import os
-import shutil
-import socket
-import tempfile
-import threading
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
-import pytest
 
 from ephemeral_broker_client import (
     AsyncBrokerClient,
@@ -39,22 +31,6 @@ from ephemeral_broker_client import (
     PendingLease,
     UnixTransport,
 )
-from tests.conftest import BrokerProcess, kill_broker, launch_broker
-
-
-@pytest.fixture(scope="module")
-def shared_broker() -> Iterator[BrokerProcess]:
-    directory = Path(tempfile.mkdtemp(prefix="eb-", dir="/tmp"))
-    broker = launch_broker(directory / "b.sock", directory / "b.stderr")
-    yield broker
-    kill_broker(broker)
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture
-def ns() -> str:
-    """A key prefix of this test's own on a shared broker."""
-    return f"t{uuid.uuid4().hex[:10]}-"
 
 
 async def _awaited(awaitable: Awaitable[Any]) -> Any:
@@ -144,13 +120,6 @@ class Clients:
 KINDS = ("sync", "async", "sync-httpx", "async-httpx")
 
 
-@pytest.fixture(params=KINDS)
-def clients(request: pytest.FixtureRequest) -> Iterator[Clients]:
-    opened = Clients(request.param)
-    yield opened
-    opened.close()
-
-
 @contextlib.contextmanager
 def each_kind() -> Iterator[Iterator[Clients]]:
     """For tests that need a broker of their own: both kinds of client against one broker,
@@ -190,73 +159,3 @@ class CountingTransport(httpx.BaseTransport, httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         if hasattr(self.inner, "aclose"):
             await self.inner.aclose()
-
-
-# ---- a broken broker -----------------------------------------------------------------------
-
-# Given the raw request bytes, the raw answer to send; None closes the connection unanswered.
-Responder = Callable[[bytes], bytes | None]
-
-
-def http_answer(
-    status: int, body: bytes, content_type: str = "application/json", *extra: str
-) -> bytes:
-    head = [f"HTTP/1.1 {status} X", f"content-type: {content_type}",
-            f"content-length: {len(body)}", *extra]  # fmt: skip
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
-
-
-class RawServer:
-    """A Unix-socket server in a thread that answers each request with `responder`."""
-
-    def __init__(self, path: Path, responder: Responder) -> None:
-        self.path = path
-        self.responder = responder
-        self.requests: list[bytes] = []
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(path))
-        self.listener.listen(16)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
-
-    def _connection(self, conn: socket.socket) -> None:
-        with conn:
-            buffer = b""
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buffer += chunk
-                head, _, rest = buffer.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                while len(rest) < length:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    rest += chunk
-                request, buffer = head + b"\r\n\r\n" + rest[:length], rest[length:]
-                self.requests.append(request)
-                answer = self.responder(request)
-                if answer is None:
-                    return
-                conn.sendall(answer)
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
