@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.brokers import BrokerFactory, BrokerProcess, kill_broker, launch_broker
+from tests.support.defects import DEFECTS, keyword
 from tests.support.redis_server import RedisServer, ensure_running, run_redis_server
 
 pytest_plugins = ["pytester"]
@@ -98,3 +99,19 @@ def shared_broker() -> Iterator[BrokerProcess]:
 def ns() -> str:
     """A key prefix of this test's own on a shared broker."""
     return f"t{uuid.uuid4().hex[:10]}-"
+
+
+@pytest.hookimpl(tryfirst=True)  # before -k deselects by keyword
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`@pytest.mark.defect(N)` takes one known defect number; `-k defect_05` selects the tests
+    for defect 5 (tests/support/defects.py lists them, docs/defects.md is generated)."""
+    for item in items:
+        for mark in item.iter_markers("defect"):
+            number = mark.args[0] if len(mark.args) == 1 and not mark.kwargs else None
+            if number not in DEFECTS:
+                raise pytest.UsageError(
+                    f"{item.nodeid}: @pytest.mark.defect takes one defect number from "
+                    f"{min(DEFECTS)} to {max(DEFECTS)} (tests/support/defects.py), "
+                    f"got {mark.args} {mark.kwargs or ''}".rstrip()
+                )
+            item.extra_keyword_matches.add(keyword(number))

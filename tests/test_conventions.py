@@ -1,6 +1,6 @@
-"""Seed defects that are about conventions rather than one code path: error naming (#18),
-named defaults (#19), documented public API (#20), cleanup of failed tests (#21), and metrics
-that cannot be reset from outside (#28)."""
+"""The predecessor's defects that are about conventions rather than one code path: error
+naming (18), named defaults (19), documented public API (20), cleanup of failed tests (21), and
+metrics that cannot be reset from outside (28)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from tests.support.paths import ROOT
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
-def test_defect_18_error_codes_are_one_convention_and_all_documented() -> None:
-    """Seed defect #18: error names followed no documented convention."""
+@pytest.mark.defect(18)
+def test_error_codes_are_one_convention_and_all_documented() -> None:
+    """Defect 18: error names followed no documented convention."""
     for code in ERRORS:
         assert re.fullmatch(r"[a-z]+(_[a-z]+)*", code), code
         assert f"`{code}`" in README, f"{code} is missing from the README's error table"
@@ -31,8 +32,9 @@ def test_defect_18_error_codes_are_one_convention_and_all_documented() -> None:
     assert table_codes == set(ERRORS)
 
 
-def test_defect_19_every_default_is_a_named_documented_setting() -> None:
-    """Seed defect #19: magic numbers (30000, 10000, 5000) without names. Every tunable number
+@pytest.mark.defect(19)
+def test_every_default_is_a_named_documented_setting() -> None:
+    """Defect 19: magic numbers (30000, 10000, 5000) without names. Every tunable number
     is a setting with a description, and the README's table states the same default."""
     rows = dict(re.findall(r"^\| (\w+) \| `BROKER_\w+`[^|]*\| ([^|]+) \|", README, re.MULTILINE))
     for name, field in BrokerSettings.model_fields.items():
@@ -43,8 +45,9 @@ def test_defect_19_every_default_is_a_named_documented_setting() -> None:
             assert rows[name].strip().strip("`").startswith(shown), (name, rows[name])
 
 
-def test_defect_20_the_public_api_is_documented() -> None:
-    """Seed defect #20: the public API had no doc comments. Every public name of the client
+@pytest.mark.defect(20)
+def test_the_public_api_is_documented() -> None:
+    """Defect 20: the public API had no doc comments. Every public name of the client
     package, every public method of both clients and of the Store protocol has a docstring."""
     import ephemeral_broker_client as client
 
@@ -62,10 +65,11 @@ def test_defect_20_the_public_api_is_documented() -> None:
             assert inspect.getdoc(member), f"{cls.__name__}.{name} has no docstring"
 
 
-def test_defect_21_a_failing_test_still_stops_its_broker(
+@pytest.mark.defect(21)
+def test_a_failing_test_still_stops_its_broker(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Seed defect #21: a crashing test left its broker running. Our fixtures end brokers by
+    """Defect 21: a crashing test left its broker running. Our fixtures end brokers by
     pid in teardown, which runs whether the test passed or failed."""
     conftest = (Path(__file__).resolve().parent / "conftest.py").read_text(encoding="utf-8")
     pytester.makeconftest(conftest)
@@ -88,24 +92,12 @@ def test_defect_21_a_failing_test_still_stops_its_broker(
     assert not Path(socket_text).exists()
 
 
+@pytest.mark.defect(28)
 @pytest.mark.anyio
-async def test_defect_28_metrics_cannot_be_reset() -> None:
-    """Seed defect #28: a public metrics.reset() in production. There is no reset: not on the
+async def test_metrics_cannot_be_reset() -> None:
+    """Defect 28: a public metrics.reset() in production. There is no reset: not on the
     metrics object, and no route accepts a write to /metrics."""
     assert not [name for name in dir(BrokerMetrics) if "reset" in name.lower()]
     app = create_app(BrokerSettings())
     for method in ("POST", "PUT", "DELETE", "PATCH"):
         assert (await asgi_call(app, method, "/metrics")).status == 405
-
-
-def test_every_seed_defect_has_a_row_and_every_named_test_exists() -> None:
-    section = README.split("## Seed defects and the tests that prove them", 1)[1]
-    section = section.split("\n## ", 1)[0]
-    rows = re.findall(r"^\| (\d+) \|", section, flags=re.MULTILINE)
-    assert sorted(map(int, rows)) == list(range(1, 29))
-    sources = "\n".join(
-        p.read_text(encoding="utf-8") for p in Path(__file__).parent.rglob("test_*.py")
-    )
-    defined = set(re.findall(r"def (test_defect_\w+)", sources))
-    named = set(re.findall(r"(test_defect_\w+)", section))
-    assert named == defined, (named - defined, defined - named)

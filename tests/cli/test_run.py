@@ -208,10 +208,12 @@ def test_command_that_cannot_be_executed_exits_126(
     ],
     ids=["sigterm-handled", "sigint-handled", "sigterm-default"],
 )
-def test_defect_04_signal_reaches_the_child_once_and_run_exits_with_its_code(
+@pytest.mark.defect(4)
+@pytest.mark.defect(16)
+def test_signal_reaches_the_child_once_and_run_exits_with_its_code(
     short_tmp: Path, sig: int, handler: str, expected: int
 ) -> None:
-    """Seed defects #4 and #16: two handlers fired on one signal (the child was killed twice,
+    """Defects 4 and 16: two handlers fired on one signal (the child was killed twice,
     the exit code was 0 or 1 depending on which won). One signal to `run` reaches the child
     exactly once (exit 41 = 40 + one signal), and `run` exits with the child's own code."""
     stderr_path = short_tmp / "run.stderr"
@@ -305,12 +307,13 @@ def test_usage_errors_exit_2(args: list[str], message: str) -> None:
     assert done.stdout == ""
 
 
+@pytest.mark.defect(3)
 def test_first_request_of_the_child_never_fails_20_times(
     short_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The socket listens before the child starts: its first request, made the instant it
     starts, is answered every time. In this process, 20 brokers in turn, each supervising
-    a real child, which also shows the signal dispatcher is installed once (seed defect #3)."""
+    a real child, which also shows the signal dispatcher is installed once (defect 3)."""
     for _ in range(20):
         assert supervised(short_tmp, monkeypatch, PYTHON, "-S", "-c", FIRST_REQUEST_CHILD) == 0
         assert leftovers(short_tmp) == []
@@ -318,10 +321,11 @@ def test_first_request_of_the_child_never_fails_20_times(
     assert SIGNALS.listener_count == 0
 
 
-def test_defect_07_run_is_kept_alive_by_the_child_not_by_a_forever_future(
+@pytest.mark.defect(7)
+def test_run_is_kept_alive_by_the_child_not_by_a_forever_future(
     short_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Seed defect #7: the Node CLI kept itself alive with a never-resolving promise. `run`
+    """Defect 7: the Node CLI kept itself alive with a never-resolving promise. `run`
     returns as soon as its child has exited and the broker has drained."""
     started = time.monotonic()
     assert supervised(short_tmp, monkeypatch, PYTHON, "-S", "-c", "pass") == 0
@@ -421,10 +425,11 @@ sys.exit(0 if stop == [signal.SIGTERM] else 99)
 """
 
 
-def test_defect_16_a_clean_exit_after_a_signal_is_exit_0(
+@pytest.mark.defect(16)
+def test_a_clean_exit_after_a_signal_is_exit_0(
     short_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Seed defect #16: after a signal the Node CLI's exit code depended on which of two
+    """Defect 16: after a signal the Node CLI's exit code depended on which of two
     handlers won (0 or 1). The child's code is the one `run` exits with: here the child
     exits 0 after SIGTERM, sent to this process, in which `run`'s supervisor is running."""
     ready = short_tmp / "ready"

@@ -1,5 +1,5 @@
-"""Connection retries: capped backoff, every attempt inside the call's one timeout (seed defect
-#15), a broker that starts late is reached, and a request that may have reached the broker is
+"""Connection retries: capped backoff, every attempt inside the call's one timeout (defect
+15), a broker that starts late is reached, and a request that may have reached the broker is
 re-sent only when the operation is idempotent."""
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from tests.support.raw_server import RawServer, http_answer
 MARGIN_S = 0.3
 
 
-def test_defect_15_retries_stay_within_the_one_timeout(short_tmp: Path, clients: Clients) -> None:
-    """Seed defect #15: the Node client gave each of 6 attempts its own 5 s timeout (30 s)."""
+@pytest.mark.defect(15)
+def test_retries_stay_within_the_one_timeout(short_tmp: Path, clients: Clients) -> None:
+    """Defect 15: the Node client gave each of 6 attempts its own 5 s timeout (30 s)."""
     transport = clients.uds_transport(short_tmp / "missing.sock")
     b = clients.open(short_tmp / "missing.sock", timeout=0.5, transport=transport)
     started = time.monotonic()
@@ -116,10 +117,11 @@ def test_a_non_idempotent_call_is_never_resent_once_it_may_have_arrived(
         server.close()
 
 
-def test_defect_23_both_constructors_fail_the_same_way_at_once(
+@pytest.mark.defect(23)
+def test_both_constructors_fail_the_same_way_at_once(
     monkeypatch: pytest.MonkeyPatch, short_tmp: Path, clients: Clients
 ) -> None:
-    """Seed defect #23: the Node client's constructor threw synchronously while its methods
+    """Defect 23: the Node client's constructor threw synchronously while its methods
     rejected asynchronously, with different errors. Here both clients refuse a missing socket
     setting at construction with the same class a method raises for an unreachable broker."""
     from ephemeral_broker_client import AsyncBrokerClient, BrokerClient
@@ -137,10 +139,11 @@ def test_defect_23_both_constructors_fail_the_same_way_at_once(
         b.ping()
 
 
-def test_defect_26_a_dead_broker_costs_each_call_its_budget_and_no_more(
+@pytest.mark.defect(26)
+def test_a_dead_broker_costs_each_call_its_budget_and_no_more(
     short_tmp: Path, clients: Clients, start_broker: BrokerFactory
 ) -> None:
-    """Seed defect #26 asked for a circuit breaker because retries went on without bound. Here
+    """Defect 26 asked for a circuit breaker because retries went on without bound. Here
     every call is bounded by its own timeout, so repeated calls to a dead broker fail fast and
     predictably, and nothing stays 'open': the first call after the broker is back succeeds."""
     path = short_tmp / "later.sock"

@@ -1,5 +1,5 @@
-"""What the clients refuse to send (seed defect #2) and what they cannot read back (seed
-defect #6): both are reported by an error that names the key."""
+"""What the clients refuse to send (defect 2) and what they cannot read back (defect
+6): both are reported by an error that names the key."""
 
 from __future__ import annotations
 
@@ -34,11 +34,12 @@ UNENCODABLE: dict[str, Any] = {
 }
 
 
+@pytest.mark.defect(2)
 @pytest.mark.parametrize("case", sorted(UNENCODABLE))
-def test_defect_02_unencodable_values_raise_type_error_naming_the_key_before_any_io(
+def test_unencodable_values_raise_type_error_naming_the_key_before_any_io(
     short_tmp: Path, clients: Clients, case: str
 ) -> None:
-    """Seed defect #2: a circular or non-serialisable value crashed the Node client with a
+    """Defect 2: a circular or non-serialisable value crashed the Node client with a
     message that named neither the key nor the operation."""
     transport = clients.uds_transport(short_tmp / "never-used.sock")
     b = clients.open(short_tmp / "never-used.sock", transport=transport)
@@ -51,9 +52,8 @@ def test_defect_02_unencodable_values_raise_type_error_naming_the_key_before_any
     assert transport.requests == []  # nothing was sent
 
 
-def test_defect_02_nan_is_refused_not_silently_stored_as_null(
-    short_tmp: Path, clients: Clients
-) -> None:
+@pytest.mark.defect(2)
+def test_nan_is_refused_not_silently_stored_as_null(short_tmp: Path, clients: Clients) -> None:
     transport = clients.uds_transport(short_tmp / "never-used.sock")
     b = clients.open(short_tmp / "never-used.sock", transport=transport)
     with pytest.raises(TypeError, match=r"value\['a'\]\[1\] is NaN or infinite"):
@@ -88,11 +88,12 @@ def garbled(short_tmp: Path, request: pytest.FixtureRequest) -> Iterator[RawServ
     server.close()
 
 
+@pytest.mark.defect(6)
 @pytest.mark.parametrize("garbled", sorted(GARBLED), indirect=True)
-def test_defect_06_an_answer_that_cannot_be_decoded_names_the_key(
+def test_an_answer_that_cannot_be_decoded_names_the_key(
     garbled: RawServer, clients: Clients
 ) -> None:
-    """Seed defect #6: a corrupt compressed value failed with an opaque "invalid input" that
+    """Defect 6: a corrupt compressed value failed with an opaque "invalid input" that
     named no key."""
     b = clients.open(garbled.path, timeout=2)
     with pytest.raises(InvalidResponse) as caught:
@@ -104,7 +105,8 @@ def test_defect_06_an_answer_that_cannot_be_decoded_names_the_key(
     assert len(garbled.requests) == 1  # a bad answer is not a reason to ask again
 
 
-def test_defect_06_malformed_list_and_lease_answers(short_tmp: Path, clients: Clients) -> None:
+@pytest.mark.defect(6)
+def test_malformed_list_and_lease_answers(short_tmp: Path, clients: Clients) -> None:
     def respond(request: bytes) -> bytes:
         if request.startswith(b"GET /v1/keys?"):
             return http_answer(200, b'{"keys": [{"key": "a", "version": 1}]}')

@@ -246,7 +246,8 @@ def test_never_reached():
 """
 
 
-def test_defect_21_keyboard_interrupt_in_a_test_leaves_no_socket(suite: pytest.Pytester) -> None:
+@pytest.mark.defect(21)
+def test_keyboard_interrupt_in_a_test_leaves_no_socket(suite: pytest.Pytester) -> None:
     suite.makepyfile(test_suite=INTERRUPTED_SUITE)
     result = suite.runpytest_subprocess("--broker", "-n", "2", timeout=RUN_TIMEOUT)
     assert result.ret == pytest.ExitCode.INTERRUPTED
@@ -339,7 +340,8 @@ def start_waiting_run(
     return proc, Path(running["pipe"])
 
 
-def test_defect_21_ctrl_c_at_the_terminal_leaves_no_socket(suite: pytest.Pytester) -> None:
+@pytest.mark.defect(21)
+def test_ctrl_c_at_the_terminal_leaves_no_socket(suite: pytest.Pytester) -> None:
     # A terminal's Ctrl-C signals every process of the foreground group: pytest and its
     # workers. The broker is in a session of its own; pytest stops it after the workers.
     proc, socket = start_waiting_run(suite, "-n", "2", new_session=True)
@@ -351,7 +353,8 @@ def test_defect_21_ctrl_c_at_the_terminal_leaves_no_socket(suite: pytest.Pyteste
     assert not socket.exists() and not socket.parent.exists()
 
 
-def test_defect_21_a_killed_pytest_leaves_no_broker_behind(suite: pytest.Pytester) -> None:
+@pytest.mark.defect(21)
+def test_a_killed_pytest_leaves_no_broker_behind(suite: pytest.Pytester) -> None:
     # SIGKILL gives pytest no chance to stop its broker: the broker notices that its parent
     # is gone and shuts down by itself, removing its socket and directory.
     proc, socket = start_waiting_run(suite)

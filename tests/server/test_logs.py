@@ -1,4 +1,4 @@
-"""Logging: text or JSON lines, structured fields as JSON (seed defect #11), the access log,
+"""Logging: text or JSON lines, structured fields as JSON (defect 11), the access log,
 and never a value or a secret in the log, at any level."""
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ def record(message: str, fields: dict[str, Any] | None = None) -> logging.LogRec
     return entry
 
 
-def test_defect_11_structured_fields_render_as_json_in_text_lines() -> None:
-    """Seed defect #11: metadata objects rendered as "[object Object]"."""
+@pytest.mark.defect(11)
+def test_structured_fields_render_as_json_in_text_lines() -> None:
+    """Defect 11: metadata objects rendered as "[object Object]"."""
     fields = {
         "nested": {"a": [1, 2], "b": {"c": None}},
         "items": [1, "two"],

@@ -122,8 +122,9 @@ def test_unknown_log_level_flag_is_a_usage_error() -> None:
     assert "invalid choice" in result.stderr
 
 
-def test_defect_17_socket_path_over_107_bytes_names_the_length_and_a_fix(tmp_path: Path) -> None:
-    """Seed defect #17: a long TMPDIR made socket creation fail with a cryptic error."""
+@pytest.mark.defect(17)
+def test_socket_path_over_107_bytes_names_the_length_and_a_fix(tmp_path: Path) -> None:
+    """Defect 17: a long TMPDIR made socket creation fail with a cryptic error."""
     long_path = "/tmp/" + "d" * 100 + "/broker.sock"
     result = run_serve("--socket", long_path)
     assert result.returncode == 2

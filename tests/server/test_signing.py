@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import pytest
+
 from ephemeral_broker.signing import canonical_string, sign, signature_headers, verify
 
 SECRET = "correct horse battery staple"
@@ -37,8 +39,9 @@ def test_verify_accepts_a_fresh_signature_within_the_window() -> None:
         )  # fmt: skip
 
 
-def test_defect_13_malformed_signatures_are_false_never_an_exception() -> None:
-    """Seed defect #13: non-hex or odd-length HMACs crashed the Node broker's comparison."""
+@pytest.mark.defect(13)
+def test_malformed_signatures_are_false_never_an_exception() -> None:
+    """Defect 13: non-hex or odd-length HMACs crashed the Node broker's comparison."""
     digest = hashlib.sha256(b"").hexdigest()
     good = sign(SECRET, NOW, "GET", "/v1/ping")
     cases = [

@@ -67,10 +67,11 @@ def secured(start_broker: BrokerFactory) -> BrokerProcess:
     return start_broker(env={"BROKER_SECRET": SECRET})
 
 
-def test_defect_13_only_correct_credentials_pass_and_nothing_yields_500(
+@pytest.mark.defect(13)
+def test_only_correct_credentials_pass_and_nothing_yields_500(
     secured: BrokerProcess,
 ) -> None:
-    """Seed defect #13: a non-hex or odd-length HMAC crashed the Node broker's comparison.
+    """Defect 13: a non-hex or odd-length HMAC crashed the Node broker's comparison.
     Every credential below is tried against a real broker; only the correct Bearer token and
     the correct signatures pass, every other one is a 401 problem, and the broker keeps
     serving."""

@@ -214,10 +214,11 @@ async def test_gzip_and_deflate_request_bodies_are_decoded(api: httpx.AsyncClien
     assert (await api.get("/v1/keys/df")).json()["value"] == "y" * 3000
 
 
-async def test_defect_27_request_id_is_echoed_when_valid_and_replaced_when_not(
+@pytest.mark.defect(27)
+async def test_request_id_is_echoed_when_valid_and_replaced_when_not(
     api: httpx.AsyncClient,
 ) -> None:
-    """Seed defect #27: the Node broker generated correlation ids but never returned them."""
+    """Defect 27: the Node broker generated correlation ids but never returned them."""
     ok = await api.get("/v1/ping", headers={"X-Request-ID": "ci-step-7:worker.3"})
     assert ok.headers["x-request-id"] == "ci-step-7:worker.3"
     for bad in ("", "has space", "x" * 129, "semi;colon", "ü"):
@@ -228,10 +229,11 @@ async def test_defect_27_request_id_is_echoed_when_valid_and_replaced_when_not(
     assert len(generated) == 20
 
 
-async def test_defect_10_a_put_serialises_the_value_exactly_once(
+@pytest.mark.defect(10)
+async def test_a_put_serialises_the_value_exactly_once(
     api: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Seed defect #10: objects were serialised once to check their size and again to store.
+    """Defect 10: objects were serialised once to check their size and again to store.
     The keys route encodes the value once; the store sizes, compresses and keeps those bytes."""
     from ephemeral_broker.api import keys as keys_module
 

@@ -273,7 +273,8 @@ async def test_stats_and_metrics_count_leases(api: httpx.AsyncClient, clock: Fak
     assert ops("leases.release", "absent") == 1
 
 
-async def test_defect_22_pool_and_worker_names_never_become_metric_labels(
+@pytest.mark.defect(22)
+async def test_pool_and_worker_names_never_become_metric_labels(
     api: httpx.AsyncClient,
 ) -> None:
     name = 'we"ird\\pool{x="1"}'

@@ -37,8 +37,9 @@ async def test_content_length_over_the_limit_is_refused_before_reading() -> None
     assert f"{LIMIT + 1} bytes" in result.json()["detail"]
 
 
-async def test_defect_14_chunked_body_is_refused_the_moment_it_passes_the_limit() -> None:
-    """Seed defect #14: the Node broker buffered a connection's data without bound; here a
+@pytest.mark.defect(14)
+async def test_chunked_body_is_refused_the_moment_it_passes_the_limit() -> None:
+    """Defect 14: the Node broker buffered a connection's data without bound; here a
     body without Content-Length is counted as it streams and refused as soon as it passes."""
     chunk = b" " * 65_536
     chunks = (b'{"value": "', *([chunk] * 40), b'", "ttl_ms": 100}')  # about 2.6 MB

@@ -74,8 +74,9 @@ async def test_health_counts_only_live_items(make_api: AppFactory, clock: FakeCl
         assert (health["status"], health["capacity"]["items"]) == ("healthy", 0)
 
 
-async def test_defect_25_unlimited_capacity_never_divides_by_zero(make_api: AppFactory) -> None:
-    """Seed defect #25: a ratio with a zero denominator. max_items=0 means unlimited."""
+@pytest.mark.defect(25)
+async def test_unlimited_capacity_never_divides_by_zero(make_api: AppFactory) -> None:
+    """Defect 25: a ratio with a zero denominator. max_items=0 means unlimited."""
     async with make_api(max_items=0, compression_threshold=0) as api:
         await fill(api, 3)
         capacity = (await api.get("/v1/health")).json()["capacity"]
@@ -131,8 +132,9 @@ async def test_metrics_cover_the_spec_list_and_are_current_at_scrape(
     assert values[("ephemeral_broker_expired_total", (("type", "items"),))] == 4
 
 
-async def test_defect_22_keys_never_become_label_values(api: httpx.AsyncClient) -> None:
-    """Seed defect #22: label values were written unescaped, so a quote in a key broke the
+@pytest.mark.defect(22)
+async def test_keys_never_become_label_values(api: httpx.AsyncClient) -> None:
+    """Defect 22: label values were written unescaped, so a quote in a key broke the
     exposition. Keys never become labels here, and the output always parses."""
     nasty = ['quote"d', "back\\slash", "brace}{", "comma,=x", "ünï"]
     for key in nasty:

@@ -243,10 +243,11 @@ async def test_draining_turns_readyz_503_and_refuses_new_requests() -> None:
 # ---- one dispatcher per process ------------------------------------------------------------
 
 
-def test_defect_03_signal_handlers_are_installed_once_however_often_brokers_start(
+@pytest.mark.defect(3)
+def test_signal_handlers_are_installed_once_however_often_brokers_start(
     short_tmp: Path,
 ) -> None:
-    """Seed defect #3: brokers started and stopped in one process stacked signal handlers.
+    """Defect 3: brokers started and stopped in one process stacked signal handlers.
     Here four brokers in turn are each stopped by a real SIGTERM to this process: each drains
     and exits 0, and the process has one handler, installed once, with no listener left."""
     for round_ in range(4):

@@ -44,10 +44,9 @@ async def running_broker(
             await asyncio.wait_for(task, 20)
 
 
-async def test_defect_01_sweeper_runs_at_the_configured_interval(
-    short_tmp: Path, clock: FakeClock
-) -> None:
-    """Seed defect #1: the sweeper ignored its interval and always ran every 30 s. Here a
+@pytest.mark.defect(1)
+async def test_sweeper_runs_at_the_configured_interval(short_tmp: Path, clock: FakeClock) -> None:
+    """Defect 1: the sweeper ignored its interval and always ran every 30 s. Here a
     10 ms interval reclaims an expired key with no read at all; a 60 s one does not."""
     fast = BrokerSettings(socket=short_tmp / "fast.sock", sweeper_interval=10)
     async with running_broker(fast, clock) as (app, client, _):
@@ -67,8 +66,9 @@ async def test_defect_01_sweeper_runs_at_the_configured_interval(
         assert app.state.store.resident_items == 1  # not swept: only a read would notice
 
 
-async def test_defect_03_signal_handlers_are_installed_once_per_process(short_tmp: Path) -> None:
-    """Seed defect #3: every start() added SIGINT/SIGTERM handlers. Start and stop five
+@pytest.mark.defect(3)
+async def test_signal_handlers_are_installed_once_per_process(short_tmp: Path) -> None:
+    """Defect 3: every start() added SIGINT/SIGTERM handlers. Start and stop five
     brokers in one process: one installation, and the handler in place is the dispatcher's."""
     for n in range(5):
         settings = BrokerSettings(socket=short_tmp / f"s{n}.sock")

@@ -9,6 +9,8 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.support.brokers import BROKER_EXE, BrokerFactory
 
 
@@ -97,10 +99,11 @@ def test_socket_mode_is_applied_at_bind(start_broker: BrokerFactory, short_tmp: 
     assert stat.S_IMODE(os.lstat(private.socket).st_mode) == 0o600
 
 
-def test_defect_17_socket_path_over_107_bytes_stops_startup_with_the_length(
+@pytest.mark.defect(17)
+def test_socket_path_over_107_bytes_stops_startup_with_the_length(
     short_tmp: Path,
 ) -> None:
-    """Seed defect #17: a long socket path failed with a cryptic error from bind()."""
+    """Defect 17: a long socket path failed with a cryptic error from bind()."""
     long_path = short_tmp / ("x" * 120 + ".sock")
     code, stderr = serve_expecting_failure("--socket", str(long_path))
     assert code == 2
@@ -108,7 +111,8 @@ def test_defect_17_socket_path_over_107_bytes_stops_startup_with_the_length(
     assert not long_path.exists()
 
 
-def test_defect_17_default_socket_under_a_long_tmpdir_suggests_a_shorter_one(
+@pytest.mark.defect(17)
+def test_default_socket_under_a_long_tmpdir_suggests_a_shorter_one(
     short_tmp: Path,
 ) -> None:
     deep = short_tmp / ("d" * 90)

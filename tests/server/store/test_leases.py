@@ -229,7 +229,8 @@ async def test_sweep_reclaims_leases_with_items_and_counts_them(
     assert stats.expired_items_total == 1
 
 
-async def test_defect_24_lease_sweep_with_nothing_due_is_constant_work(clock: FakeClock) -> None:
+@pytest.mark.defect(24)
+async def test_lease_sweep_with_nothing_due_is_constant_work(clock: FakeClock) -> None:
     """A sweep that finds nothing due looks at the top of the expiry heap and stops: the same
     Python lines with 10 leases as with 10,000."""
     small, large = make_store(clock, max_leases=0), make_store(clock, max_leases=0)
@@ -398,7 +399,8 @@ async def test_store_refuses_bad_lease_input(
     assert (await store.stats()).leases == 0
 
 
-async def test_defect_08_lease_ttl_zero_is_refused_not_defaulted(store: MemoryStore) -> None:
+@pytest.mark.defect(8)
+async def test_lease_ttl_zero_is_refused_not_defaulted(store: MemoryStore) -> None:
     await store.acquire_lease("p", "w", 1_000)
     for work in (
         store.acquire_lease("p", "x", 0),
@@ -527,7 +529,8 @@ async def test_waiter_is_served_when_capacity_frees_without_growing_past_size(
 # ---- complexity -------------------------------------------------------------------------------
 
 
-async def test_defect_09_lease_grant_is_not_a_scan(clock: FakeClock) -> None:
+@pytest.mark.defect(9)
+async def test_lease_grant_is_not_a_scan(clock: FakeClock) -> None:
     """The Node predecessor found a value with `while (held.has(v)) v++`: O(n) per grant.
 
     Here a grant takes the top of a min-heap of freed values. Counting the Python lines a grant

@@ -68,8 +68,9 @@ async def test_expired_keys_are_never_listed_even_before_a_sweep(
     assert [k.key for k in await store.list("a", 10)] == ["a2"]
 
 
-async def test_defect_08_ttl_zero_is_refused_not_the_default(clock: FakeClock) -> None:
-    """Seed defect #8: `ttl: 0` silently meant "default TTL"; here it is always invalid."""
+@pytest.mark.defect(8)
+async def test_ttl_zero_is_refused_not_the_default(clock: FakeClock) -> None:
+    """Defect 8: `ttl: 0` silently meant "default TTL"; here it is always invalid."""
     for require in (True, False):
         store = MemoryStore(limits(require_ttl=require), clock)
         for bad in (0, -1, -86_400_000):
@@ -195,8 +196,9 @@ async def test_list_is_sorted_prefix_filtered_and_limited(store: MemoryStore) ->
     assert await store.list("nothing", 10) == []
 
 
-async def test_defect_10_sizes_are_utf8_bytes_of_the_canonical_json(clock: FakeClock) -> None:
-    """Seed defect #10: sizes were UTF-16 code units and values were serialised twice."""
+@pytest.mark.defect(10)
+async def test_sizes_are_utf8_bytes_of_the_canonical_json(clock: FakeClock) -> None:
+    """Defect 10: sizes were UTF-16 code units and values were serialised twice."""
     store = MemoryStore(limits(max_value_size=10, compression_threshold=0), clock)
     fire = "🔥🔥"  # 2 characters in Python, 8 bytes of UTF-8, 10 with the JSON quotes
     assert len(enc(fire)) == 10
@@ -206,7 +208,8 @@ async def test_defect_10_sizes_are_utf8_bytes_of_the_canonical_json(clock: FakeC
     assert (await store.list("ok", 1))[0].size == 10
 
 
-async def test_defect_10_too_large_names_the_key_and_the_limit(clock: FakeClock) -> None:
+@pytest.mark.defect(10)
+async def test_too_large_names_the_key_and_the_limit(clock: FakeClock) -> None:
     store = MemoryStore(limits(max_value_size=4), clock)
     with pytest.raises(BrokerError) as caught:
         await store.set("big-key", enc("12345"), 1000)
@@ -272,10 +275,11 @@ async def test_sweep_costs_only_the_expired(
     assert (await store.stats()).items == 1000
 
 
-async def test_defect_24_idle_sweeper_does_no_work(
+@pytest.mark.defect(24)
+async def test_idle_sweeper_does_no_work(
     store: MemoryStore, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Seed defect #24: the sweeper walked an empty store every tick; here it looks at the heap
+    """Defect 24: the sweeper walked an empty store every tick; here it looks at the heap
     top once and stops, whether the store is empty or nothing is due."""
     pops: list[object] = []
     monkeypatch.setattr(memory_module, "heappop", pops.append)
@@ -336,10 +340,12 @@ async def test_values_at_the_threshold_are_kept_compressed_when_smaller(
     assert not store._items["small"].compressed
 
 
-async def test_defect_05_25_compression_counters_with_empty_and_tiny_values(
+@pytest.mark.defect(5)
+@pytest.mark.defect(25)
+async def test_compression_counters_with_empty_and_tiny_values(
     clock: FakeClock,
 ) -> None:
-    """Seed defects #5 and #25: counters were skipped for 0-byte sizes (falsy checks), and a
+    """Defects 5 and 25: counters were skipped for 0-byte sizes (falsy checks), and a
     ratio could divide by zero. Every stored value is counted once, compressed or not."""
     store = MemoryStore(limits(compression_threshold=1), clock)
     stats = await store.stats()
@@ -362,8 +368,9 @@ async def test_defect_05_25_compression_counters_with_empty_and_tiny_values(
     assert (await never.stats()).values_stored_compressed_total == 0
 
 
-async def test_defect_12_approx_bytes_counts_utf8_and_compressed_sizes(clock: FakeClock) -> None:
-    """Seed defect #12: the Node broker counted UTF-16 units and ignored compression."""
+@pytest.mark.defect(12)
+async def test_approx_bytes_counts_utf8_and_compressed_sizes(clock: FakeClock) -> None:
+    """Defect 12: the Node broker counted UTF-16 units and ignored compression."""
     store = MemoryStore(limits(compression_threshold=100), clock)
     assert (await store.stats()).approx_store_bytes == 0
     key = "ключ"  # 4 characters, 8 bytes of UTF-8
