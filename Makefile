@@ -77,7 +77,7 @@ image: wheelhouse
 # The test builds the image itself (from the same wheelhouse) and runs it; EB_TEST_IMAGE tells
 # it to use the one just built instead.
 image-test: image
-	EB_TEST_IMAGE=$(IMAGE) $(BIN)/pytest -q -p no:xdist tests/test_image.py
+	EB_TEST_IMAGE=$(IMAGE) $(BIN)/pytest -q -p no:xdist tests/deploy/test_image.py
 
 demo: $(STAMP)
 	$(BIN)/ephemeral-broker run --log-level warning -- $(BIN)/python examples/demo.py

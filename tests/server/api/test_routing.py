@@ -1,0 +1,176 @@
+"""LeanRoute and RouteTable (api/routing.py) must do what FastAPI and Starlette would: the same
+route for every method and path, the same arguments, the same validation errors."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import pytest
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.dependencies.utils import request_params_to_args
+from starlette.datastructures import Headers, QueryParams
+from starlette.routing import Match
+
+from ephemeral_broker.api.app import ROUTERS
+from ephemeral_broker.api.body import error_entries
+from ephemeral_broker.api.routing import LeanRoute, RouteTable
+from ephemeral_broker.errors import BrokerError
+from ephemeral_broker.api.app import ROUTERS
+from tests.support.asgi import http_scope
+
+ROUTES = [route for router in ROUTERS for route in router.routes]
+METHODS = ("GET", "PUT", "POST", "DELETE", "PATCH", "HEAD")
+PATHS = (
+    "/v1/keys", "/v1/keys/", "/v1/keys/a", "/v1/keys/a%0A", "/v1/keys/a%2Fb", "/v1/keys/a/b",
+    "/v1/keys/a/incr", "/v1/keys/a/touch", "/v1/keys/a/b/incr", "/v1/keys//incr",
+    "/v1/leases", "/v1/leases/p", "/v1/leases/p/w", "/v1/leases/p/w/renew", "/v1/leases/p/w/x",
+    "/v1/leases/p%2Fq/w/renew", "/v1/ping", "/v1/ping%0A", "/v1/ping/", "/healthz", "/readyz",
+    "/metrics", "/v1/health", "/v1/stats", "/openapi.json", "/", "/nope",
+)  # fmt: skip
+
+
+def starlette_choice(scope: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
+    """The route Starlette's router takes: the first full match, in declaration order."""
+    for route in ROUTES:
+        match, child = route.matches(scope)
+        if match == Match.FULL:
+            return route, child["path_params"]
+    return None
+
+
+def test_every_broker_route_is_a_lean_route() -> None:
+    assert ROUTES and all(isinstance(route, LeanRoute) for route in ROUTES)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_route_table_picks_the_route_the_router_would(method: str) -> None:
+    table = RouteTable(ROUTES)
+    for path in PATHS:
+        scope = http_scope(method, path)
+        assert table.find(scope) == starlette_choice(scope), (method, path)
+
+
+def test_route_table_hands_out_fresh_path_params() -> None:
+    table = RouteTable(ROUTES)
+    found = table.find(http_scope("GET", "/v1/ping"))
+    assert found is not None
+    found[1]["changed"] = True
+    again = table.find(http_scope("GET", "/v1/ping"))
+    assert again is not None and again[1] == {}
+
+
+async def _endpoint(
+    key: str,
+    request: Request,
+    wait_ms: Annotated[int | None, Query(ge=0, le=300_000)] = None,
+    limit: Annotated[int, Query(ge=1, le=10)] = 5,
+    prefix: Annotated[str, Query()] = "",
+    worker_id: Annotated[str | None, Query()] = None,
+    token: Annotated[int, Query(ge=1)] = ...,  # type: ignore[assignment]
+    if_match: Annotated[str | None, Query(alias="if-match")] = None,
+) -> Response:
+    return Response()
+
+
+def _lean_route() -> LeanRoute:
+    router = APIRouter(route_class=LeanRoute)
+    router.add_api_route("/k/{key}", _endpoint, methods=["GET"])
+    route = router.routes[0]
+    assert isinstance(route, LeanRoute)
+    return route
+
+
+QUERIES = (
+    "token=1", "", "token=0", "token=x", "token=1&wait_ms=-1", "token=1&wait_ms=abc",
+    "token=1&wait_ms=300001", "token=1&wait_ms=5&wait_ms=7", "token=1&limit=11&limit=3",
+    "token=1&limit=", "token=1&prefix=a%20b&prefix=c", "token=1&worker_id=", "token=2.0",
+    "token=1&if-match=%22x%22", "wait_ms=1e3&limit=0", "token=%FF",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("query", QUERIES)
+def test_lean_binding_matches_fastapi_for_query_parameters(query: str) -> None:
+    route = _lean_route()
+    scope = http_scope("GET", f"/k/abc?{query}")
+    scope["path_params"] = {"key": "abc"}
+    request = Request(scope)
+    expected, errors = request_params_to_args(
+        route.dependant.query_params, QueryParams(scope["query_string"])
+    )
+    try:
+        values = route.bind(scope, request)
+    except BrokerError as error:
+        assert error.code == "validation_error"
+        assert error.errors == error_entries(errors), query
+    else:
+        assert errors == [], query
+        del values["request"], values["key"]
+        assert values == expected, query
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [(), (("if-match", '"1"'),), (("if-match", '"1"'), ("if-match", '"2"')),
+     (("if-none-match", "*"), ("x-other", "y")), (("if-match", "caf\xe9"),)],
+)  # fmt: skip
+def test_lean_binding_matches_fastapi_for_headers(headers: tuple[tuple[str, str], ...]) -> None:
+    from ephemeral_broker.api.routes.keys import router
+
+    route = next(r for r in router.routes if getattr(r, "name", "") == "keys.set")
+    assert isinstance(route, LeanRoute)
+    scope = http_scope("PUT", "/v1/keys/k", [(k, v.encode("latin-1")) for k, v in headers])
+    scope["path_params"] = {"key": "k"}
+    expected, errors = request_params_to_args(route.dependant.header_params, Headers(scope=scope))
+    values = route.bind(scope, Request(scope))
+    assert errors == []
+    assert {name: values[name] for name in expected} == expected
+
+
+def test_lean_route_refuses_what_it_does_not_implement() -> None:
+    async def with_dependency(value: Annotated[int, Depends(lambda: 1)]) -> Response:
+        return Response()
+
+    async def with_list(tags: Annotated[list[str], Query()]) -> Response:
+        return Response()
+
+    def sync_endpoint() -> Response:
+        return Response()
+
+    async def with_body(body: dict[str, int]) -> Response:
+        return Response()
+
+    for endpoint in (with_dependency, with_list, sync_endpoint, with_body):
+        router = APIRouter(route_class=LeanRoute)
+        with pytest.raises(TypeError, match="LeanRoute"):
+            router.add_api_route("/x", endpoint, methods=["POST"])
+
+
+@pytest.mark.anyio
+async def test_a_bug_behind_the_route_table_is_still_a_problem_500_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What RouteTable does not serve goes through FastAPI's own stack (here /openapi.json);
+    a bug there is answered by problem+json, never Starlette's plain-text 500."""
+    import logging
+
+    import httpx
+
+    from ephemeral_broker.api.app import create_app
+    from ephemeral_broker.settings import BrokerSettings
+    from tests.support.responses import assert_problem
+
+    app = create_app(BrokerSettings())
+
+    def broken_openapi() -> dict[str, Any]:
+        raise RuntimeError("SECRET-INTERNAL")
+
+    app.openapi = broken_openapi  # type: ignore[method-assign]
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://x") as api:
+        with caplog.at_level(logging.ERROR, logger="ephemeral_broker"):
+            response = await api.get("/openapi.json", headers={"X-Request-ID": "bug-1"})
+        problem = assert_problem(response, 500, "internal_error")
+        assert "bug-1" in problem["detail"] and "SECRET-INTERNAL" not in response.text
+        logged = [r for r in caplog.records if "unhandled error" in r.getMessage()]
+        assert len(logged) == 1 and logged[0].exc_info is not None
+        assert (await api.get("/v1/ping")).status_code == 200
