@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ephemeral_broker.errors import ERRORS
 from ephemeral_broker.api.app import create_app
+from ephemeral_broker.errors import ERRORS
 from ephemeral_broker.metrics import BrokerMetrics
 from ephemeral_broker.settings import BrokerSettings
 from ephemeral_broker.store.base import Store

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ephemeral_broker.clock import FakeClock
 from ephemeral_broker.api.app import create_app
+from ephemeral_broker.clock import FakeClock
 from ephemeral_broker.settings import BrokerSettings
 from tests.support.asgi import AppFactory
 

@@ -15,7 +15,6 @@ from ephemeral_broker.api.app import ROUTERS
 from ephemeral_broker.api.body import error_entries
 from ephemeral_broker.api.routing import LeanRoute, RouteTable
 from ephemeral_broker.errors import BrokerError
-from ephemeral_broker.api.app import ROUTERS
 from tests.support.asgi import http_scope
 
 ROUTES = [route for router in ROUTERS for route in router.routes]
