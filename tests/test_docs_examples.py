@@ -6,11 +6,13 @@ like a session: a later block may use what an earlier one stored). The fence lan
 what happens to a block (docs/development.md, "Examples in the docs", is the reader's version):
 
 - ``console``: lines starting with ``$ `` are commands (a trailing backslash continues them),
-  run with ``sh -c``, stderr merged into stdout. The lines up to the next command are the
+  each run with its own ``sh -c`` (so a variable set by one does not reach the next), stderr
+  merged into stdout. The lines up to the next command are the
   expected output: ``...`` inside a line matches any text, a line of only ``...`` any number of
   lines, and a last line ``[exit N]`` the exit status (0 otherwise). A command without output
   lines has its status checked, not its output.
-- ``sh``: a script, run as a whole with ``sh -e``; it must exit 0.
+- ``sh``: a script, run as a whole with ``sh -e``; it must exit 0. A first line
+  ``# file: PATH`` writes it to PATH instead, as for ``python``.
 - ``python``: a program, run with this interpreter; it must exit 0 (it checks itself with
   ``assert``). A first line ``# file: PATH`` writes the block to PATH instead, for a later
   command to use.
@@ -210,6 +212,9 @@ def run_page(page: Path, workdir: Path, socket: Path) -> int:
         "EPHEMERAL_PIPE": str(socket),
         "EB_REPO": str(ROOT),
     }
+    # curl prints no progress meter to a terminal, where a reader runs the examples; into a
+    # pipe it would. A .curlrc in the page's HOME makes the captured output what a reader sees.
+    (workdir / ".curlrc").write_text("silent\nshow-error\n", encoding="utf-8")
     runner = Page(workdir, env)
     checked = 0
     for block in parse_blocks(page):
@@ -221,7 +226,8 @@ def run_page(page: Path, workdir: Path, socket: Path) -> int:
         elif block.lang == "console":
             runner.run_console(block)
         elif block.lang == "sh":
-            runner.run_script(block, ["sh", "-e"], ".sh")
+            if not runner.write_file(block):
+                runner.run_script(block, ["sh", "-e"], ".sh")
         elif block.lang == "python":
             if not runner.write_file(block):
                 runner.run_script(block, [sys.executable], ".py")
