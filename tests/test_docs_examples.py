@@ -244,7 +244,7 @@ def run_page(page: Path, workdir: Path, socket: Path) -> int:
 def test_the_examples_of_a_page_run_as_shown(page: Path) -> None:
     # A short path: the broker's socket lives in it (Unix socket paths are limited to 107 bytes).
     workdir = Path(tempfile.mkdtemp(prefix="ebdoc-", dir="/tmp"))
-    broker = launch_broker(workdir / "b.sock", workdir / "broker.stderr")
+    broker = launch_broker(workdir / ".page-broker.sock", workdir / ".page-broker.stderr")
     try:
         run_page(page, workdir, broker.socket)
     finally:
