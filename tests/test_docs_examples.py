@@ -1,7 +1,7 @@
 """Every code example of README.md and docs/ runs here, so none can rot.
 
-One test per page. It starts one real broker for the page, makes a fresh temp dir the working
-directory and runs the page's fenced blocks in order, top to bottom, sharing both (a page reads
+One test per page. It starts one real broker for the page, makes a fresh temp dir (with a copy of
+examples/) the working directory and runs the page's fenced blocks in order, top to bottom, sharing both (a page reads
 like a session: a later block may use what an earlier one stored). The fence language decides
 what happens to a block (docs/development.md, "Examples in the docs", is the reader's version):
 
@@ -212,6 +212,9 @@ def run_page(page: Path, workdir: Path, socket: Path) -> int:
         "EPHEMERAL_PIPE": str(socket),
         "EB_REPO": str(ROOT),
     }
+    # Pages run commands as a reader does in a checkout (`sh examples/quickstart.sh`); a copy,
+    # so an example can never change the repository.
+    shutil.copytree(ROOT / "examples", workdir / "examples")
     # curl prints no progress meter to a terminal, where a reader runs the examples; into a
     # pipe it would. A .curlrc in the page's HOME makes the captured output what a reader sees.
     (workdir / ".curlrc").write_text("silent\nshow-error\n", encoding="utf-8")
