@@ -108,10 +108,10 @@ openapi: $(STAMP)
 # The documentation site (mkdocs.yml, docs/). --strict: a broken link or anchor is an error,
 # as in the test that builds it. docs-serve listens on loopback only.
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 docs-serve: $(STAMP)
-	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
 bench: $(STAMP)
 	$(BIN)/python -m bench --json bench-results.json

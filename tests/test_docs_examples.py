@@ -1,9 +1,10 @@
 """Every code example of README.md and docs/ runs here, so none can rot.
 
-One test per page. It starts one real broker for the page, makes a fresh temp dir (with a copy of
-examples/) the working directory and runs the page's fenced blocks in order, top to bottom, sharing both (a page reads
-like a session: a later block may use what an earlier one stored). The fence language decides
-what happens to a block (docs/development.md, "Examples in the docs", is the reader's version):
+One test per page. It starts one real broker for the page, makes a fresh temp dir (with a copy
+of examples/) the working directory, and runs the page's fenced blocks in order, top to bottom,
+sharing both (a page reads like a session: a later block may use what an earlier one stored).
+The fence language decides what happens to a block (docs/development.md, "Examples in the
+docs", is the reader's version):
 
 - ``console``: lines starting with ``$ `` are commands (a trailing backslash continues them),
   each run with its own ``sh -c`` (so a variable set by one does not reach the next), stderr
@@ -137,20 +138,17 @@ class Page:
         self.env = env
 
     def run_console(self, block: Block) -> None:
-        for command, expected in split_session(block):
-            status = 0
+        for command, shown_output in split_session(block):
+            status, expected = 0, shown_output
             if expected and (last := EXIT_LINE.match(expected[-1])):
-                status = int(last["code"])
-                expected = expected[:-1]
+                status, expected = int(last["code"]), expected[:-1]
             result = self._run(["sh", "-c", command], block)
             output = "".join(line.rstrip() + "\n" for line in result.stdout.splitlines())
             shown = f"{block.where()}: $ {command}\n--- output ---\n{result.stdout}"
             assert result.returncode == status, f"exit {result.returncode}, not {status}: {shown}"
             if expected:
                 pattern = expected_pattern(expected)
-                assert pattern.fullmatch(output), f"{shown}--- expected ---\n" + "\n".join(
-                    expected
-                )
+                assert pattern.fullmatch(output), f"{shown}--- expected ---\n" + "\n".join(expected)
 
     def run_script(self, block: Block, program: list[str], suffix: str) -> None:
         script = self.workdir / f".block-{block.line}{suffix}"
@@ -263,7 +261,8 @@ def test_the_collector_finds_every_kind_of_block_and_refuses_unmarked_ones(tmp_p
         "```console\n$ echo one; echo two; echo three\none\n...\n$ echo 'at 17 ms'\nat ... ms\n"
         "$ sh -c 'echo oops >&2; exit 3'\noops\n[exit 3]\n```\n"
         "```python\n# file: data.py\nVALUE = 42\n```\n"
-        "```python\nimport sys\nsys.path.insert(0, '.')\nimport data\nassert data.VALUE == 42\n```\n"
+        "```python\nimport sys\nsys.path.insert(0, '.')\n"
+        "import data\nassert data.VALUE == 42\n```\n"
         "```yaml\na: [1, 2]\n```\n"
         "<!-- not run: needs a Docker daemon -->\n```sh\ndocker info\n```\n"
         "```text\nanything\n```\n",

@@ -4,6 +4,7 @@ document outside the repository."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -27,13 +28,15 @@ def test_the_site_builds_strictly_with_every_page_in_the_nav(tmp_path: Path) -> 
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path)],
         cwd=ROOT,
+        # Material's banner about its successor is not a finding about these docs.
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "WARNING" not in result.stderr, result.stderr
+    assert "WARNING -" not in result.stderr, result.stderr
     config = yaml.safe_load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"))
     pages = nav_pages(config["nav"])
     assert sorted(pages) == sorted(str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md"))
@@ -56,7 +59,9 @@ def test_the_readme_is_a_front_page_that_links_into_the_docs() -> None:
 def test_no_page_sends_the_reader_outside_the_repository() -> None:
     """Decisions and the predecessor's defects are written out in the docs (design-notes.md),
     never cited from documents that are not in the repository."""
-    forbidden = re.compile(r"SPEC|DESIGN\.md|ISSUES_AND_FIXES|seeds?/|seed defect", re.IGNORECASE)
+    forbidden = re.compile(
+        r"\bSPEC\b|(?i:SPEC\.md|DESIGN\.md|ISSUES_AND_FIXES|seeds?/|seed defect)"
+    )
     for page in [ROOT / "README.md", *DOCS.rglob("*.md")]:
         for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
             assert not forbidden.search(line), f"{page.relative_to(ROOT)}:{number}: {line}"

@@ -16,26 +16,31 @@ from ephemeral_broker.metrics import BrokerMetrics
 from ephemeral_broker.settings import BrokerSettings
 from ephemeral_broker.store.base import Store
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+# Where the tables live on the docs site: the error codes, the settings, the defects.
+ERRORS_PAGE = (DOCS / "http-api" / "conventions.md").read_text(encoding="utf-8")
+SETTINGS_PAGE = (DOCS / "settings.md").read_text(encoding="utf-8")
+DESIGN_NOTES = (DOCS / "design-notes.md").read_text(encoding="utf-8")
 
 
 def test_defect_18_error_codes_are_one_convention_and_all_documented() -> None:
     """Seed defect #18: error names followed no documented convention."""
     for code in ERRORS:
         assert re.fullmatch(r"[a-z]+(_[a-z]+)*", code), code
-        assert f"`{code}`" in README, f"{code} is missing from the README's error table"
-    table_codes = set(re.findall(r"^\| \d{3} \| `([a-z_]+)`", README, flags=re.MULTILINE))
+        assert f"`{code}`" in ERRORS_PAGE, f"{code} is missing from the docs' error table"
+    table_codes = set(re.findall(r"^\| \d{3} \| `([a-z_]+)`", ERRORS_PAGE, flags=re.MULTILINE))
     table_codes |= {"max_leases"}  # shares a row with max_items
     assert table_codes == set(ERRORS)
 
 
 def test_defect_19_every_default_is_a_named_documented_setting() -> None:
     """Seed defect #19: magic numbers (30000, 10000, 5000) without names. Every tunable number
-    is a setting with a description, and the README's table states the same default."""
-    rows = dict(re.findall(r"^\| (\w+) \| `BROKER_\w+`[^|]*\| ([^|]+) \|", README, re.MULTILINE))
+    is a setting with a description, and the docs' settings table states the same default."""
+    pattern = r"^\| (\w+) \| `BROKER_\w+`[^|]*\| ([^|]+) \|"
+    rows = dict(re.findall(pattern, SETTINGS_PAGE, re.MULTILINE))
     for name, field in BrokerSettings.model_fields.items():
         assert field.description, name
-        assert name in rows, f"setting {name} is missing from the README's settings table"
+        assert name in rows, f"setting {name} is missing from the docs' settings table"
         if isinstance(field.default, int) and not isinstance(field.default, bool):
             shown = f"{field.default:04o}" if name == "socket_mode" else str(field.default)
             assert rows[name].strip().strip("`").startswith(shown), (name, rows[name])
@@ -93,10 +98,13 @@ async def test_defect_28_metrics_cannot_be_reset(api: httpx.AsyncClient) -> None
 
 
 def test_every_seed_defect_has_a_row_and_every_named_test_exists() -> None:
-    section = README.split("## Seed defects and the tests that prove them", 1)[1]
+    section = DESIGN_NOTES.split("## The predecessor's defects", 1)[1]
     section = section.split("\n## ", 1)[0]
     rows = re.findall(r"^\| (\d+) \|", section, flags=re.MULTILINE)
     assert sorted(map(int, rows)) == list(range(1, 29))
+    # Each defect is also described in its own words, under an anchor other pages link to.
+    anchors = re.findall(r"^### (\d+)\. .+ \{#defect-(\d+)\}$", section, flags=re.MULTILINE)
+    assert [(int(a), int(b)) for a, b in anchors] == [(n, n) for n in range(1, 29)]
     sources = "\n".join(p.read_text(encoding="utf-8") for p in Path(__file__).parent.glob("*.py"))
     defined = set(re.findall(r"def (test_defect_\w+)", sources))
     named = set(re.findall(r"(test_defect_\w+)", section))
