@@ -210,9 +210,6 @@ def run_page(page: Path, workdir: Path, socket: Path) -> int:
         "EPHEMERAL_PIPE": str(socket),
         "EB_REPO": str(ROOT),
     }
-    # Pages run commands as a reader does in a checkout (`sh examples/quickstart.sh`); a copy,
-    # so an example can never change the repository.
-    shutil.copytree(ROOT / "examples", workdir / "examples")
     # curl prints no progress meter to a terminal, where a reader runs the examples; into a
     # pipe it would. A .curlrc in the page's HOME makes the captured output what a reader sees.
     (workdir / ".curlrc").write_text("silent\nshow-error\n", encoding="utf-8")
@@ -245,6 +242,9 @@ def run_page(page: Path, workdir: Path, socket: Path) -> int:
 def test_the_examples_of_a_page_run_as_shown(page: Path) -> None:
     # A short path: the broker's socket lives in it (Unix socket paths are limited to 107 bytes).
     workdir = Path(tempfile.mkdtemp(prefix="ebdoc-", dir="/tmp"))
+    # Pages run commands as a reader does in a checkout (`sh examples/quickstart.sh`); a copy,
+    # so an example can never change the repository.
+    shutil.copytree(ROOT / "examples", workdir / "examples")
     broker = launch_broker(workdir / ".page-broker.sock", workdir / ".page-broker.stderr")
     try:
         run_page(page, workdir, broker.socket)
