@@ -5,7 +5,7 @@
 # the pinned versions of its dependencies, written to dist/wheels/ by `make wheelhouse`):
 #     make wheelhouse && docker build --network none -t ephemeral-broker .
 # Any Debian-based base with python3 and python3-venv will do: --build-arg BASE_IMAGE=...
-# The default is python:3.11-slim pinned by digest; the README's "Sidecar container" says
+# The default is python:3.11-slim pinned by digest; docs/deployment.md ("Sidecar container") says
 # where the digest comes from.
 ARG BASE_IMAGE=python:3.11-slim@sha256:8f64a67710f3d981cf3008d6f9f1dbe61accd7927f165f4e37ea3f8b883ccc3f
 

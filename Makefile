@@ -14,13 +14,14 @@ BASE_IMAGE ?=
 WHEELHOUSE_TARGET ?=
 DOCKER ?= docker
 
-.PHONY: help install lock dist wheelhouse image image-test demo test lint typecheck services pytest openapi bench bench-quick clean
+.PHONY: help install lock dist wheelhouse image image-test demo test lint typecheck services pytest openapi bench bench-quick docs docs-serve clean
 
 help:
 	@echo "make demo       set up, then run the demo: workers share a token and lease unique slots"
 	@echo "make test       set up, then ruff + mypy --strict + pytest (what CI runs)"
 	@echo "make openapi    regenerate openapi.json from the app"
 	@echo "make bench      run the benchmark harness (minutes); make bench-quick for < 60 s"
+	@echo "make docs       build the documentation site into site/ (make docs-serve: on 127.0.0.1:8000)"
 	@echo "make lock       refresh constraints.txt (the pinned versions) from a fresh venv"
 	@echo "make dist       build the wheel and sdist into dist/"
 	@echo "make wheelhouse write the wheel and its pinned dependencies to dist/wheels/"
@@ -104,6 +105,14 @@ openapi: $(STAMP)
 	$(BIN)/python -m ephemeral_broker.api.openapi > openapi.json.tmp
 	mv openapi.json.tmp openapi.json
 
+# The documentation site (mkdocs.yml, docs/). --strict: a broken link or anchor is an error,
+# as in the test that builds it. docs-serve listens on loopback only.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
 bench: $(STAMP)
 	$(BIN)/python -m bench --json bench-results.json
 
@@ -111,4 +120,4 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick --json bench-results.json
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache build *.egg-info dist
+	rm -rf $(VENV) .mypy_cache .ruff_cache build *.egg-info dist site

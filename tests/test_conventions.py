@@ -18,7 +18,10 @@ from ephemeral_broker.store.base import Store
 from tests.support.asgi import asgi_call
 from tests.support.paths import ROOT
 
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+# Where the tables live on the docs site: the error codes, the settings, the defects.
+ERRORS_PAGE = (ROOT / "docs" / "http-api" / "conventions.md").read_text(encoding="utf-8")
+SETTINGS_PAGE = (ROOT / "docs" / "settings.md").read_text(encoding="utf-8")
+DESIGN_NOTES = (ROOT / "docs" / "design-notes.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.defect(18)
@@ -26,8 +29,8 @@ def test_error_codes_are_one_convention_and_all_documented() -> None:
     """Defect 18: error names followed no documented convention."""
     for code in ERRORS:
         assert re.fullmatch(r"[a-z]+(_[a-z]+)*", code), code
-        assert f"`{code}`" in README, f"{code} is missing from the README's error table"
-    table_codes = set(re.findall(r"^\| \d{3} \| `([a-z_]+)`", README, flags=re.MULTILINE))
+        assert f"`{code}`" in ERRORS_PAGE, f"{code} is missing from the docs' error table"
+    table_codes = set(re.findall(r"^\| \d{3} \| `([a-z_]+)`", ERRORS_PAGE, flags=re.MULTILINE))
     table_codes |= {"max_leases"}  # shares a row with max_items
     assert table_codes == set(ERRORS)
 
@@ -35,11 +38,12 @@ def test_error_codes_are_one_convention_and_all_documented() -> None:
 @pytest.mark.defect(19)
 def test_every_default_is_a_named_documented_setting() -> None:
     """Defect 19: magic numbers (30000, 10000, 5000) without names. Every tunable number
-    is a setting with a description, and the README's table states the same default."""
-    rows = dict(re.findall(r"^\| (\w+) \| `BROKER_\w+`[^|]*\| ([^|]+) \|", README, re.MULTILINE))
+    is a setting with a description, and the docs' settings table states the same default."""
+    pattern = r"^\| (\w+) \| `BROKER_\w+`[^|]*\| ([^|]+) \|"
+    rows = dict(re.findall(pattern, SETTINGS_PAGE, re.MULTILINE))
     for name, field in BrokerSettings.model_fields.items():
         assert field.description, name
-        assert name in rows, f"setting {name} is missing from the README's settings table"
+        assert name in rows, f"setting {name} is missing from the docs' settings table"
         if isinstance(field.default, int) and not isinstance(field.default, bool):
             shown = f"{field.default:04o}" if name == "socket_mode" else str(field.default)
             assert rows[name].strip().strip("`").startswith(shown), (name, rows[name])
@@ -101,3 +105,12 @@ async def test_metrics_cannot_be_reset() -> None:
     app = create_app(BrokerSettings())
     for method in ("POST", "PUT", "DELETE", "PATCH"):
         assert (await asgi_call(app, method, "/metrics")).status == 405
+
+
+def test_the_design_notes_describe_every_defect_under_its_anchor() -> None:
+    """Each of the 28 defects is described in the design notes under the anchor other pages
+    link to (`design-notes.md#defect-N`); docs/defects.md lists the tests that prove each."""
+    section = DESIGN_NOTES.split("## The predecessor's defects", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    anchors = re.findall(r"^### (\d+)\. .+ \{#defect-(\d+)\}$", section, flags=re.MULTILINE)
+    assert [(int(a), int(b)) for a, b in anchors] == [(n, n) for n in range(1, 29)]

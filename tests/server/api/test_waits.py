@@ -251,7 +251,7 @@ async def test_waits_end_503_draining_when_shutdown_begins(clock: FakeClock) -> 
 
 
 async def test_recipe_barrier_from_incr_and_waiting_reads(api: httpx.AsyncClient) -> None:
-    """The README's barrier: nobody passes before the last of N workers has arrived."""
+    """The barrier of docs/recipes.md: nobody passes before the last of N workers has arrived."""
     parties = 5
     events: list[str] = []
 
