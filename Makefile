@@ -14,12 +14,13 @@ BASE_IMAGE ?=
 WHEELHOUSE_TARGET ?=
 DOCKER ?= docker
 
-.PHONY: help install lock dist wheelhouse image image-test demo test lint typecheck services pytest openapi bench bench-quick clean
+.PHONY: help install lock dist wheelhouse image image-test demo test lint typecheck services pytest openapi defects bench bench-quick clean
 
 help:
 	@echo "make demo       set up, then run the demo: workers share a token and lease unique slots"
-	@echo "make test       set up, then ruff + mypy --strict + pytest (what CI runs)"
+	@echo "make test       set up, then ruff + mypy --strict + pytest with coverage (what CI runs)"
 	@echo "make openapi    regenerate openapi.json from the app"
+	@echo "make defects    regenerate docs/defects.md from the tests' defect markers"
 	@echo "make bench      run the benchmark harness (minutes); make bench-quick for < 60 s"
 	@echo "make lock       refresh constraints.txt (the pinned versions) from a fresh venv"
 	@echo "make dist       build the wheel and sdist into dist/"
@@ -94,8 +95,9 @@ typecheck: $(STAMP)
 services:
 	@bash .ci/install-services
 
+# Branch coverage of both packages with the floor of [tool.coverage.report] (pyproject.toml).
 pytest: $(STAMP) services
-	$(BIN)/pytest -n 2
+	$(BIN)/pytest -n 2 --cov=ephemeral_broker --cov=ephemeral_broker_client
 
 test: lint typecheck pytest
 
@@ -103,6 +105,10 @@ test: lint typecheck pytest
 openapi: $(STAMP)
 	$(BIN)/python -m ephemeral_broker.openapi > openapi.json.tmp
 	mv openapi.json.tmp openapi.json
+
+# The predecessor's defects and the tests marked @pytest.mark.defect(N) for each.
+defects: $(STAMP)
+	$(BIN)/python -m tests.support.defects
 
 bench: $(STAMP)
 	$(BIN)/python -m bench --json bench-results.json
