@@ -14,12 +14,13 @@ BASE_IMAGE ?=
 WHEELHOUSE_TARGET ?=
 DOCKER ?= docker
 
-.PHONY: help install lock dist wheelhouse image image-test demo test lint typecheck services pytest openapi bench bench-quick docs docs-serve clean
+.PHONY: help install lock dist wheelhouse image image-test demo test lint typecheck services pytest openapi defects bench bench-quick docs docs-serve clean
 
 help:
 	@echo "make demo       set up, then run the demo: workers share a token and lease unique slots"
-	@echo "make test       set up, then ruff + mypy --strict + pytest (what CI runs)"
+	@echo "make test       set up, then ruff + mypy --strict + pytest with coverage (what CI runs)"
 	@echo "make openapi    regenerate openapi.json from the app"
+	@echo "make defects    regenerate docs/defects.md from the tests' defect markers"
 	@echo "make bench      run the benchmark harness (minutes); make bench-quick for < 60 s"
 	@echo "make docs       build the documentation site into site/ (make docs-serve: on 127.0.0.1:8000)"
 	@echo "make lock       refresh constraints.txt (the pinned versions) from a fresh venv"
@@ -95,8 +96,9 @@ typecheck: $(STAMP)
 services:
 	@bash .ci/install-services
 
+# Branch coverage of both packages with the floor of [tool.coverage.report] (pyproject.toml).
 pytest: $(STAMP) services
-	$(BIN)/pytest -n 2
+	$(BIN)/pytest -n 2 --cov=ephemeral_broker --cov=ephemeral_broker_client
 
 test: lint typecheck pytest
 
@@ -112,6 +114,10 @@ docs: $(STAMP)
 
 docs-serve: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
+
+# The predecessor's defects and the tests marked @pytest.mark.defect(N) for each.
+defects: $(STAMP)
+	$(BIN)/python -m tests.support.defects
 
 bench: $(STAMP)
 	$(BIN)/python -m bench --json bench-results.json

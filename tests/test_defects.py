@@ -29,18 +29,20 @@ def test_the_committed_document_is_the_generated_one(capsys: pytest.CaptureFixtu
 
 
 def test_the_source_reader_sees_the_markers_pytest_collects(request: pytest.FixtureRequest) -> None:
-    """The document is built from the test modules' source; for every module this run
-    collected, that must be exactly the markers pytest itself collected."""
+    """The document is built from the test modules' source; for every test this run
+    collected, that must give exactly the markers pytest itself collected."""
     collected: set[tuple[int, str]] = set()
-    modules: set[str] = set()
+    tests: set[str] = set()
     for item in request.session.items:
         node_id = item.nodeid.split("[", 1)[0]  # one entry per test, not per parameter
-        modules.add(node_id.split("::", 1)[0])
+        tests.add(node_id)
         collected |= {(mark.args[0], node_id) for mark in item.iter_markers("defect")}
+    modules = {node_id.split("::", 1)[0] for node_id in tests}
     from_source = {
         (number, node_id)
         for number, node_ids in marked_tests(ROOT / module for module in modules).items()
         for node_id in node_ids
+        if node_id in tests
     }
     assert from_source == collected
 

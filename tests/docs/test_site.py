@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from tests.support.paths import ROOT
+
 DOCS = ROOT / "docs"
 
 
