@@ -316,6 +316,14 @@ def _int64(text: str) -> int:
     return number
 
 
+def _version(text: str) -> int:
+    """A key's version, as `get --json` and `set` print it: versions start at 1."""
+    number = _int64(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a version: versions start at 1")
+    return number
+
+
 # The client commands' names, known without building their parsers (cli.py's dispatch).
 CLIENT_COMMANDS: Final = frozenset(
     {"get", "set", "del", "list", "incr", "touch", "lease", "renew", "release", "ping", "health",
@@ -376,7 +384,7 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     )  # fmt: skip
     set_.add_argument("--if-absent", action="store_true", help="only create; fail if it exists")
     set_.add_argument(
-        "--if-version", metavar="N", type=_int64,
+        "--if-version", metavar="N", type=_version,
         help="only replace the key while it is at version N (compare-and-set: get --json "
         "shows the version); fail if it changed or is gone",
     )  # fmt: skip

@@ -112,10 +112,12 @@ def _json_type(value: Any) -> str:
 def describe(failure: Failure, lookup: Lookup) -> str:
     """The error line (without the program name) for a failed client command."""
     render = _BY_CODE.get(failure.code)
-    if render is not None:
-        return render(failure, lookup)
-    # A code this version does not know (a newer broker): its own sentence is all there is.
-    return f"{failure.subject}: {failure.detail}"
+    needs = _NEEDS.get(failure.code)
+    if render is None or (needs is not None and failure.flag(needs) is None):
+        # A code this version does not know (a newer broker), or one the command's request
+        # cannot cause (a key's error to a lease command): the broker's sentence is all there is.
+        return f"{failure.subject}: {failure.detail}"
+    return render(failure, lookup)
 
 
 # ---- keys and leases ---------------------------------------------------------------------------
@@ -265,8 +267,28 @@ def _invalid_key(failure: Failure, lookup: Lookup) -> str:
     # The broker's sentence names the key, pool or worker and what is wrong with the name, in
     # plain words already ("key 'a b' contains the character ' '; names may not contain …"),
     # but for the limit, which it names by its setting.
+    if failure.detail.startswith("the name ") and " in the path " in failure.detail:
+        # Refused while routing, where the broker sees the name as sent ('a%2Fb'), not as typed.
+        return _unroutable_name(failure)
     detail = _OVER_KEY_LENGTH.sub(r"over the broker's --max-key-length of \1", failure.detail)
     return f"{detail}: choose another name"
+
+
+def _unroutable_name(failure: Failure) -> str:
+    for what, attribute in (("key", "key"), ("pool", "pool"), ("worker id", "worker_id")):
+        name = failure.flag(attribute)
+        if not isinstance(name, str):
+            continue
+        if "/" in name:
+            return (
+                f"{what} {quote_name(name)} contains '/'; names may not contain '/', whitespace "
+                "or control characters: choose another name"
+            )
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # bytes of the command line that are not UTF-8
+            return f"{what} {quote_name(name)} is not UTF-8 text: choose another name"
+    return f"{failure.detail}: choose another name"
 
 
 def _validation_error(failure: Failure, lookup: Lookup) -> str:
@@ -359,6 +381,18 @@ def _client_side(failure: Failure, lookup: Lookup) -> str:
     # socket, the operation and the key, with no HTTP words in them.
     return failure.detail
 
+
+# The codes whose sentence is about the command's key or pool, and which of the two.
+_NEEDS: Final = {
+    "not_found": "key",
+    "precondition_failed": "key",
+    "not_an_integer": "key",
+    "ttl_required": "key",
+    "max_items": "key",
+    "lease_not_found": "pool",
+    "pool_exhausted": "pool",
+    "max_leases": "pool",
+}
 
 _BY_CODE: Final[dict[str, Callable[[Failure, Lookup], str]]] = {
     "bad_request": _version_mismatch,
