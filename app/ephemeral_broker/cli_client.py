@@ -276,6 +276,11 @@ def run_client_command(args: argparse.Namespace) -> int:
                 return _fail(message, EXIT_USAGE if exc.code in USAGE_CODES else EXIT_FAILED)
     except (BrokerUnavailable, BrokerTimeout) as exc:
         return _fail(_describe(exc, args, socket, None), EXIT_UNREACHABLE)
+    except UnicodeEncodeError as exc:
+        # A name typed as bytes that are not UTF-8 cannot be sent at all.
+        from ephemeral_broker.cli_messages import name_problem
+
+        return _fail(name_problem(args) or _usage_line(args, str(exc)), EXIT_USAGE)
     except (UsageError, TypeError, ValueError) as exc:
         # TypeError/ValueError: the client refused an argument before sending (a value that
         # is not JSON, a bad timeout).

@@ -275,8 +275,14 @@ def _invalid_key(failure: Failure, lookup: Lookup) -> str:
 
 
 def _unroutable_name(failure: Failure) -> str:
+    return name_problem(failure.args) or f"{failure.detail}: choose another name"
+
+
+def name_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command's key, pool or worker id that a name in a request path
+    cannot carry: a '/', or bytes of the command line that are not UTF-8; None if neither."""
     for what, attribute in (("key", "key"), ("pool", "pool"), ("worker id", "worker_id")):
-        name = failure.flag(attribute)
+        name = getattr(args, attribute, None)
         if not isinstance(name, str):
             continue
         if "/" in name:
@@ -286,9 +292,9 @@ def _unroutable_name(failure: Failure) -> str:
             )
         try:
             name.encode("utf-8")
-        except UnicodeEncodeError:  # bytes of the command line that are not UTF-8
+        except UnicodeEncodeError:  # the command line's bytes, kept as surrogates by Python
             return f"{what} {quote_name(name)} is not UTF-8 text: choose another name"
-    return f"{failure.detail}: choose another name"
+    return None
 
 
 def _validation_error(failure: Failure, lookup: Lookup) -> str:
