@@ -158,6 +158,14 @@ def test_bad_names(shared_broker: BrokerProcess, ns: str) -> None:
     assert epb("set", b"k\xff", "v", "--ttl", "1000", socket=sock) == (
         2, "epb: key 'k\\udcff' is not UTF-8 text: choose another name",
     )  # fmt: skip
+    assert epb("list", "--prefix", "a/b", socket=sock) == (
+        2, "epb: --prefix 'a/b' contains '/'; names may not contain '/', whitespace or control "
+        "characters: choose another name",
+    )  # fmt: skip
+    # An empty --worker is sent as given, and refused: only no --worker means the default.
+    assert epb("lease", ns + "p", "--worker", "", socket=sock) == (
+        2, "epb: the worker id is empty; it must be 1 to 512 bytes: choose another name",
+    )  # fmt: skip
     assert epb("lease", "a/b", "--worker", "w", socket=sock) == (
         2, "epb: pool 'a/b' contains '/'; names may not contain '/', whitespace or control "
         "characters: choose another name",

@@ -262,7 +262,8 @@ def run_client_command(args: argparse.Namespace) -> int:
             EXIT_USAGE,
         )
     if hasattr(args, "worker"):
-        args.worker_id = args.worker or cli_worker_id()
+        # `--worker ''` is sent as given, for the broker to refuse: only no flag means the default.
+        args.worker_id = args.worker if args.worker is not None else cli_worker_id()
     broker: BrokerClient | None = None
     try:
         with BrokerClient(socket, timeout=args.timeout) as broker:

@@ -267,7 +267,9 @@ def _invalid_key(failure: Failure, lookup: Lookup) -> str:
     # The broker's sentence names the key, pool or worker and what is wrong with the name, in
     # plain words already ("key 'a b' contains the character ' '; names may not contain …"),
     # but for the limit, which it names by its setting.
-    if failure.detail.startswith("the name ") and " in the path " in failure.detail:
+    if (
+        failure.detail.startswith("the name ") and " in the path " in failure.detail
+    ) or failure.detail.startswith("query parameter "):
         # Refused while routing, where the broker sees the name as sent ('a%2Fb'), not as typed.
         return _unroutable_name(failure)
     detail = _OVER_KEY_LENGTH.sub(r"over the broker's --max-key-length of \1", failure.detail)
@@ -281,7 +283,8 @@ def _unroutable_name(failure: Failure) -> str:
 def name_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with the command's key, pool or worker id that a name in a request path
     cannot carry: a '/', or bytes of the command line that are not UTF-8; None if neither."""
-    for what, attribute in (("key", "key"), ("pool", "pool"), ("worker id", "worker_id")):
+    names = (("key", "key"), ("pool", "pool"), ("worker id", "worker_id"), ("--prefix", "prefix"))
+    for what, attribute in names:
         name = getattr(args, attribute, None)
         if not isinstance(name, str):
             continue
