@@ -399,7 +399,14 @@ def acquire(
     return (yield from exchange(wire, call))
 
 
-def renew(wire: Wire, pool: str, worker_id: str, ttl_ms: int | None) -> Plan[LeaseGrant]:
+def renew(wire: Wire, pool: str, worker_id: str, ttl_ms: int | None = None) -> Plan[LeaseGrant]:
+    """Restart the TTL of the lease `worker_id` holds in `pool` (`ttl_ms`, default the
+    broker's lease_ttl); value and token stay. Return the renewed `LeaseGrant`.
+
+    For a lease this client does not hold as a `Lease` object (another process took it, as
+    the command line's `lease` and `renew` do); a held `Lease` has `renew()`. Raises
+    LeaseNotFound when the worker holds no lease there (it expired or was released).
+    """
     body = (
         b"{}"
         if ttl_ms is None

@@ -118,6 +118,7 @@ class ClientBase(ABC):
     list = Operation(ops.list)
     incr = Operation(ops.incr)
     touch = Operation(ops.touch)
+    renew_lease = Operation(ops.renew)
     release = Operation(ops.release)
     release_all = Operation(ops.release_all)
     ping = Operation(ops.ping)

@@ -86,7 +86,7 @@ def test_ci_steps_share_one_broker_through_github_env(
     variables = dict(line.split("=", 1) for line in github_env.read_text().splitlines())
     assert set(variables) == {"EPHEMERAL_PIPE", "EPHEMERAL_BROKER_PID"}
     assert outputs[1].split() == ["1", "0"]  # set's version, then lease value 0
-    assert outputs[2].split() == ["s3cr3t", "1"]  # the value, then the next free slot
+    assert outputs[2].split() == ['"s3cr3t"', "1"]  # the value as JSON, then the next free slot
     assert outputs[3] == ""
     pid, pipe = int(variables["EPHEMERAL_BROKER_PID"]), Path(variables["EPHEMERAL_PIPE"])
     assert not alive(pid)

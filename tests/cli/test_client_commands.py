@@ -1,5 +1,6 @@
 """The client commands of the installed console script, in subprocesses: stdout made for shell
-pipelines, one error line on stderr naming the code and the key, SPEC section 7 exit codes."""
+pipelines, one error line on stderr naming the key, and the exit codes 0 (done), 1 (the operation
+failed), 2 (usage) and 3 (the broker cannot be reached)."""
 
 from __future__ import annotations
 
@@ -56,12 +57,18 @@ def test_set_and_get_print_for_pipelines(shared_broker: BrokerProcess, ns: str) 
         .strip()
         .isdigit()
     )
-    assert ok(cli("get", ns + "greeting", socket=sock)) == "hello world\n"
+    # A string prints as a JSON string; --raw prints it as it is.
+    assert ok(cli("get", ns + "greeting", socket=sock)) == '"hello world"\n'
+    assert ok(cli("get", ns + "greeting", "--raw", socket=sock)) == "hello world\n"
     ok(cli("set", ns + "cfg", '{"a": [1, 2.5, null]}', "--json-value", "--ttl", "60000",
            socket=sock))  # fmt: skip
     assert ok(cli("get", ns + "cfg", socket=sock)) == '{"a":[1,2.5,null]}\n'
     ok(cli("set", ns + "quoted", '"a string"', "--json-value", "--ttl", "60000", socket=sock))
-    assert ok(cli("get", ns + "quoted", socket=sock)) == "a string\n"  # a string prints raw
+    assert ok(cli("get", ns + "quoted", socket=sock)) == '"a string"\n'
+    assert ok(cli("get", ns + "cfg", "--raw", socket=sock)) == '{"a":[1,2.5,null]}\n'
+    ok(cli("set", ns + "lines", 'two\nlines "quoted"', "--ttl", "60000", socket=sock))
+    assert ok(cli("get", ns + "lines", socket=sock)) == '"two\\nlines \\"quoted\\""\n'
+    assert ok(cli("get", ns + "lines", "--raw", socket=sock)) == 'two\nlines "quoted"\n'
     whole = orjson.loads(ok(cli("get", ns + "cfg", "--json", socket=sock)))
     assert set(whole) == {"key", "value", "version", "expires_at"}
     assert (whole["key"], whole["value"]) == (ns + "cfg", {"a": [1, 2.5, None]})
@@ -74,25 +81,26 @@ def test_set_json_value_from_stdin(shared_broker: BrokerProcess, ns: str) -> Non
     assert ok(cli("get", ns + "piped", socket=sock)) == '{"from":"stdin"}\n'
     # Without --json-value, "-" is just a string.
     ok(cli("set", ns + "dash", "-", "--ttl", "60000", socket=sock))
-    assert ok(cli("get", ns + "dash", socket=sock)) == "-\n"
+    assert ok(cli("get", ns + "dash", socket=sock)) == '"-"\n'
 
 
-def test_failures_exit_1_with_one_line_naming_code_and_key(
+def test_failures_exit_1_with_one_line_naming_the_key(
     shared_broker: BrokerProcess, ns: str
 ) -> None:
     sock = shared_broker.socket
-    failed(cli("get", ns + "missing", socket=sock), 1, "not_found", f"'{ns}missing'")
+    failed(cli("get", ns + "missing", socket=sock), 1, f"key '{ns}missing' does not exist")
     ok(cli("set", ns + "once", "x", "--ttl", "60000", "--if-absent", socket=sock))
     failed(cli("set", ns + "once", "y", "--ttl", "60000", "--if-absent", socket=sock), 1,
-           "precondition_failed", f"'{ns}once'")  # fmt: skip
-    failed(cli("incr", ns + "once", socket=sock), 1, "not_an_integer", f"'{ns}once'")
+           f"key '{ns}once' already exists")  # fmt: skip
+    failed(cli("incr", ns + "once", socket=sock), 1,
+           f"""value of '{ns}once' is the string "x", not an integer""")  # fmt: skip
 
 
 def test_usage_errors_exit_2(shared_broker: BrokerProcess, ns: str) -> None:
     sock = shared_broker.socket
-    failed(cli("set", "bad key", "v", "--ttl", "1000", socket=sock), 2, "invalid_key",
-           "'bad key'")  # fmt: skip
-    failed(cli("set", ns + "k", "v", socket=sock), 2, "ttl_required", f"'{ns}k'")
+    failed(cli("set", "bad key", "v", "--ttl", "1000", socket=sock), 2,
+           "key 'bad key' contains the character ' '")  # fmt: skip
+    failed(cli("set", ns + "k", "v", socket=sock), 2, f"key '{ns}k' needs a TTL: pass --ttl MS")
     failed(cli("set", ns + "k", "NaN", "--json-value", "--ttl", "1", socket=sock), 2,
            "not valid JSON", f"'{ns}k'")  # fmt: skip
     failed(cli("release", socket=sock), 2, "needs a POOL")
@@ -105,7 +113,7 @@ def test_usage_errors_exit_2(shared_broker: BrokerProcess, ns: str) -> None:
 def test_unreachable_exits_3_and_no_socket_exits_2(short_tmp: Path) -> None:
     started = time.monotonic()
     line = failed(cli("ping", "--timeout", "0.3", socket=short_tmp / "none.sock"), 3,
-                  "unavailable", "none.sock")  # fmt: skip
+                  "cannot reach the broker", "none.sock")  # fmt: skip
     assert "attempts" in line
     assert time.monotonic() - started < 30  # no 5 s default wait: --timeout was honoured
     environment = {k: v for k, v in os.environ.items() if k != "EPHEMERAL_PIPE"}
@@ -165,7 +173,7 @@ def test_the_secret_is_read_from_ephemeral_secret(short_tmp: Path) -> None:
                        lambda _: http_answer(200, b'{"key":"k","value":"v","version":1,'
                                              b'"expires_at":1}'))  # fmt: skip
     try:
-        assert ok(cli("get", "k", socket=server.path, EPHEMERAL_SECRET=secret)) == "v\n"
+        assert ok(cli("get", "k", socket=server.path, EPHEMERAL_SECRET=secret)) == '"v"\n'
     finally:
         server.close()
     head, _, body = server.requests[0].partition(b"\r\n\r\n")
@@ -204,12 +212,13 @@ def test_lease_and_release(shared_broker: BrokerProcess, ns: str) -> None:
     assert (whole["value"], whole["worker_id"]) == (2, "w2")
     assert set(whole) == {"pool", "worker_id", "value", "token", "expires_at", "ttl_ms"}
     failed(cli("lease", pool, "--worker", "w3", "--size", "3", "--ttl", "60000", socket=sock),
-           1, "pool_exhausted", f"'{pool}'")  # fmt: skip
+           1, f"pool '{pool}' has no free value below --size 3")  # fmt: skip
     assert ok(cli("release", pool, socket=sock)) == "true\n"
     assert ok(cli("release", pool, socket=sock)) == "false\n"
     ok(cli("lease", ns + "other", "--worker", "w1", "--ttl", "60000", socket=sock))
     assert ok(cli("release", "--all", "--worker", "w1", socket=sock)) == "2\n"
-    failed(cli("lease", "bad pool", "--ttl", "1000", socket=sock), 2, "invalid_key")
+    failed(cli("lease", "bad pool", "--ttl", "1000", socket=sock), 2,
+           "pool 'bad pool' contains the character ' '")  # fmt: skip
 
 
 def test_get_wait(shared_broker: BrokerProcess, ns: str) -> None:
@@ -226,6 +235,6 @@ def test_get_wait(shared_broker: BrokerProcess, ns: str) -> None:
         if waiter.poll() is None:
             os.kill(waiter.pid, 9)
             waiter.wait()
-    assert (waiter.returncode, out, err) == (0, "arrived\n", "")
-    failed(cli("get", ns + "never", "--wait", "200", socket=sock), 1, "not_found",
-           f"'{ns}never'", "wait_ms")  # fmt: skip
+    assert (waiter.returncode, out, err) == (0, '"arrived"\n', "")
+    failed(cli("get", ns + "never", "--wait", "200", socket=sock), 1,
+           f"key '{ns}never' did not appear within --wait 200 ms")  # fmt: skip

@@ -74,5 +74,8 @@ def test_the_cli_signs_with_ephemeral_secret(guarded: BrokerProcess) -> None:
     assert (signed.returncode, signed.stderr) == (0, "")
     refused = cli("get", "k")
     assert refused.returncode == 2  # a settings problem: the secret is missing
-    assert refused.stderr.startswith("ephemeral-broker: get 'k': auth_failed: ")
+    assert refused.stderr == (
+        f"ephemeral-broker: the broker at {guarded.socket} requires a secret: set "
+        "EPHEMERAL_SECRET to the secret it was started with\n"
+    )
     assert refused.stdout == ""

@@ -398,7 +398,8 @@ def test_sidecar_image_serves_another_container_through_a_volume_and_drains_on_s
     assert session.returncode == 0, session.stderr
     lines = session.stdout.splitlines()
     assert lines[0].startswith("pong ")
-    assert lines[1:] == ["1", "hello", "0", "1", "true"]  # version; value; two slots; released
+    # The version; the value (as JSON); two slots; released.
+    assert lines[1:] == ["1", '"hello"', "0", "1", "true"]
 
     # The metrics port, from inside the broker's container (it has no network but loopback):
     # Prometheus' text with the key just set, the probes, and no key route.

@@ -76,8 +76,15 @@ def etag(version: int) -> str:
     return f'"{version}"'
 
 
-def parse_etags(header: str | None, name: str) -> VersionMatch | None:
-    """Parse If-Match / If-None-Match: `*`, or a list of `"<version>"` (weak `W/` accepted)."""
+def parse_etags(header: str | None, name: str, *, weak: bool = True) -> VersionMatch | None:
+    """Parse If-Match / If-None-Match: `*`, or a list of `"<version>"` entity tags.
+
+    Entity tags are quoted (RFC 9110 section 8.8.3): an unquoted `7` is refused (422
+    validation_error), never guessed at. A weak tag `W/"7"` is well-formed, but only the weak
+    comparison of If-None-Match matches it (`weak=True`); If-Match compares strongly (RFC 9110
+    section 13.1.1, `weak=False`), so there a weak tag matches no version: a write guarded by
+    `If-Match: W/"7"` alone always fails with 412. The broker itself only sends strong tags.
+    """
     if header is None:
         return None
     text = header.strip()
@@ -87,15 +94,17 @@ def parse_etags(header: str | None, name: str) -> VersionMatch | None:
         return "*"
     versions: set[int] = set()
     for part in text.split(","):
-        quoted = part.strip().removeprefix("W/")
-        # Exactly one pair of double quotes around the digits, as the broker sends them: an
-        # unquoted 7 is not an ETag (RFC 9110 entity-tag), and is refused, not guessed at.
-        tag = quoted[1:-1] if len(quoted) >= 2 and quoted[0] == quoted[-1] == '"' else ""
-        if not (tag.isascii() and tag.isdigit() and len(tag) <= 20):
+        tag = part.strip()
+        is_weak = tag.startswith("W/")
+        quoted = tag.removeprefix("W/")
+        # Exactly one pair of double quotes around the digits, as the broker sends them.
+        digits = quoted[1:-1] if len(quoted) >= 2 and quoted[0] == quoted[-1] == '"' else ""
+        if not (digits.isascii() and digits.isdigit() and len(digits) <= 20):
             raise BrokerError(
                 "validation_error",
-                f'{name} must be * or a list of "<version>" ETags as returned by the broker, '
-                f"not {header[:80]!r}",
+                f'{name} must be * or a list of quoted versions such as "7", as the broker '
+                f"sends them in ETag, not {header[:80]!r}",
             )
-        versions.add(int(tag))
+        if weak or not is_weak:
+            versions.add(int(digits))
     return frozenset(versions)

@@ -94,13 +94,23 @@ async def test_conditional_requests(api: httpx.AsyncClient) -> None:
     ok = await put(api, "c", 2, headers={"If-Match": f'"{version}"'})
     assert ok.status_code == 200
     new_version = ok.json()["version"]
-    weak_list = await put(api, "c", 3, headers={"If-Match": f'"1", W/"{new_version}"'})
+    # If-Match compares strongly (RFC 9110): a weak tag never matches, even the current version.
+    weak = await put(api, "c", 3, headers={"If-Match": f'W/"{new_version}"'})
+    assert weak.status_code == 412
+    weak_list = await put(api, "c", 3, headers={"If-Match": f'W/"1", "{new_version}"'})
     assert weak_list.status_code == 200
     # Conditional GET: the current ETag answers 304 with no body.
     etag = weak_list.headers["etag"]
     not_modified = await api.get("/v1/keys/c", headers={"If-None-Match": etag})
     assert (not_modified.status_code, not_modified.content) == (304, b"")
     assert not_modified.headers["etag"] == etag
+    # If-None-Match compares weakly: W/"<version>" names the current version as well.
+    weak_get = await api.get("/v1/keys/c", headers={"If-None-Match": "W/" + etag})
+    assert weak_get.status_code == 304
+    weak_create = await put(api, "c", 4, headers={"If-None-Match": "W/" + etag})
+    assert weak_create.status_code == 412
+    # A weak tag in a conditional delete never matches either.
+    assert (await api.delete("/v1/keys/c", headers={"If-Match": "W/" + etag})).status_code == 412
     # Delete guarded by If-Match.
     wrong = await api.delete("/v1/keys/c", headers={"If-Match": '"1"'})
     assert wrong.status_code == 412
@@ -112,7 +122,10 @@ async def test_malformed_conditional_header_is_a_validation_error(api: httpx.Asy
     assert response.status_code == 422
     problem = response.json()
     assert problem["code"] == "validation_error"
-    assert "If-Match" in problem["detail"]
+    assert problem["detail"] == (
+        'If-Match must be * or a list of quoted versions such as "7", as the broker sends them '
+        "in ETag, not 'version-7'"
+    )
 
 
 async def test_delete_is_idempotent(api: httpx.AsyncClient) -> None:

@@ -58,7 +58,7 @@ def conditions(if_match: str | None, if_none_match: str | None) -> Precondition:
     if if_match is None and if_none_match is None:
         return NO_PRECONDITION
     return Precondition(
-        if_match=parse_etags(if_match, "If-Match"),
+        if_match=parse_etags(if_match, "If-Match", weak=False),
         if_none_match=parse_etags(if_none_match, "If-None-Match"),
     )
 
@@ -113,7 +113,11 @@ async def set_key(
     key: str,
     request: Request,
     if_match: Annotated[
-        str | None, Header(description='Compare-and-set: `"<version>"` the key must be at.')
+        str | None,
+        Header(
+            description='Compare-and-set: `"<version>"` the key must be at (quoted; a weak '
+            '`W/"<version>"` never matches here).'
+        ),
     ] = None,
     if_none_match: Annotated[
         str | None, Header(description="`*`: create only, refuse if the key exists.")
@@ -211,7 +215,11 @@ async def delete_key(
     key: str,
     request: Request,
     if_match: Annotated[
-        str | None, Header(description='Delete only if the key is at `"<version>"`.')
+        str | None,
+        Header(
+            description='Delete only if the key is at `"<version>"` (quoted; a weak '
+            '`W/"<version>"` never matches here).'
+        ),
     ] = None,
 ) -> Response:
     deleted = await store_of(request).delete(key, conditions(if_match, None))
