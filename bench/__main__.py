@@ -105,7 +105,7 @@ def _steps(sizes: Sizes, section: str) -> int:
     }[section]  # fmt: skip
 
 
-CLIENT_STEPS = 1 + len(client_bench.ROWS) + 2 * client_bench.ROUNDS * len(client_bench.PROCESSES)
+CLIENT_STEPS = client_bench.STEPS
 
 
 def run(

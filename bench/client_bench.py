@@ -4,26 +4,34 @@ when its checkout is given (`--node-original DIR` or `$EPHEMERAL_BENCH_NODE_ORIG
 
 Every row reads one 100-byte value in a loop from one broker. Client CPU is this process's CPU
 time (`time.process_time`), the broker's is read from /proc, so a noisy machine moves the
-figures less than it moves wall-clock rates. The floor is the least any Python client can
-spend: a prebuilt request written with one `send` and the answer read with `recv` on a kept
-connection, no parsing beyond finding its end.
+figures less than it moves wall-clock rates. The rows are measured in alternating rounds (load
+from elsewhere falls on all of them alike); each figure is the median of its rounds and each
+ratio the median of the rounds' ratios.
+
+The floors are the least any Python client can spend: a prebuilt request written with one
+`send` and the answer read on a kept connection, no parsing beyond finding its end; with
+blocking sockets, and as a bare protocol on asyncio's own event loop and on uvloop. An async
+client cannot cost less than its loop's floor, so the async rows are also given against that.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.util
 import multiprocessing
+import operator
 import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import orjson
@@ -44,6 +52,10 @@ ROWS = (
     ("async, own transport, uvloop", "async", "own", "uvloop"),
 )
 PROCESSES = (1, 16)
+# The request of the floors: the bytes the clients send for `get(KEY)`.
+FLOOR_REQUEST = b"GET /v1/keys/hit HTTP/1.1\r\nhost: localhost\r\n\r\n"
+# Alternating rounds of the CPU rows.
+CPU_ROUNDS = 5
 
 
 def _result(count: int, wall: float, client_cpu: float, broker_cpu: float,
@@ -58,7 +70,7 @@ def _result(count: int, wall: float, client_cpu: float, broker_cpu: float,
 
 def measure_floor(server: ServerProcess, count: int) -> dict[str, float]:
     """GET with a raw socket: the request prebuilt, the answer only read to its end."""
-    request = b"GET /v1/keys/hit HTTP/1.1\r\nhost: localhost\r\naccept-encoding: identity\r\n\r\n"
+    request = FLOOR_REQUEST
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(str(server.socket))
 
@@ -85,6 +97,59 @@ def measure_floor(server: ServerProcess, count: int) -> dict[str, float]:
     finally:
         sock.close()
     return _result(count, wall, client_cpu, broker_cpu, latencies)
+
+
+class _FloorProtocol(asyncio.Protocol):
+    """The least an asyncio client can do: gather bytes until the answer's end, then wake the
+    caller."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.waiter: asyncio.Future[None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        head_end = self.data.find(b"\r\n\r\n") + 4
+        if head_end < 4:
+            return
+        at = self.data.find(b"content-length: ") + 16
+        length = int(self.data[at : self.data.find(b"\r\n", at)])
+        if len(self.data) >= head_end + length and self.waiter is not None:
+            self.data = b""
+            self.waiter.set_result(None)
+
+
+def measure_loop_floor(server: ServerProcess, count: int, loop: str) -> dict[str, float]:
+    """GET with a bare asyncio protocol on `loop`: the request prebuilt, one write, a future
+    woken when the answer is complete."""
+
+    async def run() -> dict[str, float]:
+        running = asyncio.get_running_loop()
+        transport, protocol = await running.create_unix_connection(
+            _FloorProtocol, str(server.socket)
+        )
+
+        async def get() -> None:
+            waiter = protocol.waiter = running.create_future()
+            transport.write(FLOOR_REQUEST)
+            await waiter
+
+        try:
+            for _ in range(http_bench.warmup_calls(count)):
+                await get()
+            latencies = Latencies()
+            cpu0, client0, start = server.cpu_seconds(), time.process_time(), time.perf_counter()
+            for _ in range(count):
+                t = time.perf_counter()
+                await get()
+                latencies.samples.append(time.perf_counter() - t)
+            wall = time.perf_counter() - start
+            client_cpu, broker_cpu = time.process_time() - client0, server.cpu_seconds() - cpu0
+        finally:
+            transport.close()
+        return _result(count, wall, client_cpu, broker_cpu, latencies)
+
+    return _run_on(loop, run)
 
 
 def measure_sync(server: ServerProcess, transport: str, count: int) -> dict[str, float]:
@@ -133,7 +198,10 @@ def _run_on(
     return asyncio.run(main())
 
 
-def _get_worker(socket_path: str, count: int, ready: Any, go: Any, done: Any) -> None:
+def _get_worker(socket_path: str, count: int, kind: str, ready: Any, go: Any, done: Any) -> None:
+    if kind == "async":
+        asyncio.run(_async_get_worker(socket_path, count, ready, go, done))
+        return
     with BrokerClient(socket_path, timeout=60) as client:
         for _ in range(min(200, count)):  # connect and warm up before the clock starts
             client.get(KEY)
@@ -145,15 +213,30 @@ def _get_worker(socket_path: str, count: int, ready: Any, go: Any, done: Any) ->
         done.put((count, time.perf_counter() - start, time.process_time() - cpu0))
 
 
-def measure_processes(server: ServerProcess, processes: int, total: int) -> dict[str, float]:
-    """`processes` BrokerClient processes each reading the key `total / processes` times in a
-    row; calls/s of them all together, as for the Node.js original. Spawned, not forked: a
-    forked child pays copy-on-write faults on the parent's memory while it is measured."""
+async def _async_get_worker(socket_path: str, count: int, ready: Any, go: Any, done: Any) -> None:
+    async with AsyncBrokerClient(socket_path, timeout=60) as client:
+        for _ in range(min(200, count)):
+            await client.get(KEY)
+        ready.put(None)
+        go.wait()  # blocks the loop, which has nothing else to do
+        start, cpu0 = time.perf_counter(), time.process_time()
+        for _ in range(count):
+            await client.get(KEY)
+        done.put((count, time.perf_counter() - start, time.process_time() - cpu0))
+
+
+def measure_processes(
+    server: ServerProcess, processes: int, total: int, kind: str = "sync"
+) -> dict[str, float]:
+    """`processes` client processes (`BrokerClient`, or `AsyncBrokerClient` on asyncio's loop
+    for `kind="async"`) each reading the key `total / processes` times in a row; calls/s of
+    them all together, as for the Node.js original. Spawned, not forked: a forked child pays
+    copy-on-write faults on the parent's memory while it is measured."""
     context = multiprocessing.get_context("spawn")
     ready, done, go = context.Queue(), context.Queue(), context.Event()
     per = max(1, total // processes)
     workers = [
-        context.Process(target=_get_worker, args=(str(server.socket), per, ready, go, done))
+        context.Process(target=_get_worker, args=(str(server.socket), per, kind, ready, go, done))
         for _ in range(processes)
     ]
     for worker in workers:
@@ -258,38 +341,94 @@ def _cpu_of(pid: int) -> float:
 # ---- the section ---------------------------------------------------------------------------
 
 
+def _cpu_measurers(server: ServerProcess) -> dict[str, Callable[[int], dict[str, float]]]:
+    """Every CPU row by name: the floors, then each client over each transport."""
+    uvloop = importlib.util.find_spec("uvloop") is not None
+    measurers: dict[str, Callable[[int], dict[str, float]]] = {
+        "raw-socket floor": lambda n: measure_floor(server, n),
+        "asyncio floor": lambda n: measure_loop_floor(server, n, "asyncio"),
+    }
+    if uvloop:
+        measurers["uvloop floor"] = lambda n: measure_loop_floor(server, n, "uvloop")
+    for name, kind, transport, loop in ROWS:
+        if loop == "uvloop" and not uvloop:
+            continue
+        if kind == "sync":
+            measurers[name] = functools.partial(measure_sync, server, transport)
+        else:
+            assert loop is not None
+            measurers[name] = functools.partial(_measure_async_on, server, transport, loop)
+    return measurers
+
+
+def _measure_async_on(server: ServerProcess, transport: str, loop: str,
+                      count: int) -> dict[str, float]:  # fmt: skip
+    return measure_async(server, transport, count, loop)
+
+
+# The ratios reported: name -> (numerator row, denominator row); each the median of the rounds'.
+RATIOS: Final = {
+    "sync_cpu_over_floor": ("sync, own transport", "raw-socket floor"),
+    "async_cpu_over_sync": ("async, own transport", "sync, own transport"),
+    "async_uvloop_cpu_over_sync": ("async, own transport, uvloop", "sync, own transport"),
+    "httpx_cpu_over_own_sync": ("sync, httpx transport", "sync, own transport"),
+    "asyncio_floor_over_floor": ("asyncio floor", "raw-socket floor"),
+    "uvloop_floor_over_floor": ("uvloop floor", "raw-socket floor"),
+}
+# The client's own cost above the floor of its kind of I/O, in µs: (client row, floor row).
+ABOVE_FLOOR: Final = {
+    "sync, own transport": "raw-socket floor",
+    "async, own transport": "asyncio floor",
+    "async, own transport, uvloop": "uvloop floor",
+}
+
+
+def _paired_median(
+    tops: list[dict[str, float]],
+    bottoms: list[dict[str, float]],
+    combine: Callable[[float, float], float],
+) -> float:
+    """The median over the rounds of `combine(top, bottom)` of the client CPU figures: each
+    round's two rows were measured a moment apart, under the same load."""
+    return statistics.median(
+        combine(top["client_cpu_us"], bottom["client_cpu_us"])
+        for top, bottom in zip(tops, bottoms, strict=True)
+    )
+
+
 def run(server: ServerProcess, sequential: int, concurrent: int, node_dir: Path | None,
         progress: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
     """Every client-side figure, against `server` (a broker with the key prepared)."""
     with BrokerClient(str(server.socket)) as client:
         client.set(KEY, http_bench.VALUE_100B, http_bench.TTL_MS)
-    results: dict[str, Any] = {"calls": sequential}
-    progress("clients: raw-socket floor")
-    results["floor"] = measure_floor(server, sequential)
-    rows: dict[str, Any] = {}
-    for name, kind, transport, loop in ROWS:
-        if loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
-            continue
-        progress(f"clients: {name}")
-        if kind == "sync":
-            rows[name] = measure_sync(server, transport, sequential)
-        else:
-            assert loop is not None
-            rows[name] = measure_async(server, transport, sequential, loop)
-    results["rows"] = rows
-    floor_cpu = results["floor"]["client_cpu_us"]
-    sync_cpu = rows["sync, own transport"]["client_cpu_us"]
-    results["sync_cpu_over_floor"] = round(sync_cpu / floor_cpu, 2)
-    results["async_cpu_over_sync"] = round(
-        rows["async, own transport"]["client_cpu_us"] / sync_cpu, 2
-    )
-    if "async, own transport, uvloop" in rows:
-        results["async_uvloop_cpu_over_sync"] = round(
-            rows["async, own transport, uvloop"]["client_cpu_us"] / sync_cpu, 2
-        )
-    results["httpx_cpu_over_own_sync"] = round(
-        rows["sync, httpx transport"]["client_cpu_us"] / sync_cpu, 2
-    )
+    results: dict[str, Any] = {"calls": sequential, "rounds": CPU_ROUNDS}
+    measurers = _cpu_measurers(server)
+    per_round = max(2, sequential // CPU_ROUNDS)
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in measurers}
+    for round_ in range(CPU_ROUNDS):
+        progress(f"clients: CPU rows, round {round_ + 1} of {CPU_ROUNDS}")
+        for name, measure in measurers.items():
+            samples[name].append(measure(per_round))
+    medians = {
+        name: {field: round(statistics.median(row[field] for row in rows), 2) for field in rows[0]}
+        for name, rows in samples.items()
+    }
+    results["floor"] = medians.pop("raw-socket floor")
+    results["loop_floors"] = {
+        loop: medians.pop(f"{loop} floor") for loop in ("asyncio", "uvloop")
+        if f"{loop} floor" in medians
+    }  # fmt: skip
+    results["rows"] = medians
+    for ratio, (top, bottom) in RATIOS.items():
+        if top in samples and bottom in samples:
+            results[ratio] = round(
+                _paired_median(samples[top], samples[bottom], operator.truediv), 2
+            )
+    results["above_floor_us"] = {
+        row: round(_paired_median(samples[row], samples[floor], operator.sub), 1)
+        for row, floor in ABOVE_FLOOR.items()
+        if row in samples
+    }
     results["processes"], results["node_original"] = _side_by_side(
         server, node_dir, sequential, concurrent, progress
     )
@@ -299,6 +438,8 @@ def run(server: ServerProcess, sequential: int, concurrent: int, node_dir: Path 
 # Rounds of the side-by-side: ours and the original alternate, and each keeps its best round,
 # the one least disturbed by whatever else the machine was doing.
 ROUNDS = 3
+# Progress steps of the section.
+STEPS: Final = CPU_ROUNDS + ROUNDS * (2 * len(PROCESSES) + 1)
 
 
 def _side_by_side(
@@ -320,6 +461,9 @@ def _side_by_side(
         for round_ in range(ROUNDS):
             progress(f"clients: {count} client processes, ours, round {round_ + 1}")
             _keep_best(ours, str(count), measure_processes(server, count, total))
+            if count == 1:
+                progress(f"clients: 1 async client process, ours, round {round_ + 1}")
+                _keep_best(ours, "1 async", measure_processes(server, 1, total, "async"))
             if node_dir is not None and why is None:
                 progress(f"clients: {count} client processes, the original, round {round_ + 1}")
                 _keep_best(node, str(count), measure_node(node_dir, count, total))
@@ -327,6 +471,10 @@ def _side_by_side(
             node[f"ratio_{count}"] = round(
                 ours[str(count)]["ops_per_s"] / node[str(count)]["ops_per_s"], 2
             )
+            if count == 1:
+                node["ratio_1_async"] = round(
+                    ours["1 async"]["ops_per_s"] / node["1"]["ops_per_s"], 2
+                )
     return ours, node
 
 
@@ -348,13 +496,17 @@ def _why_not_node(node_dir: Path | None) -> str | None:
 def render(results: dict[str, Any]) -> list[str]:
     floor = results["floor"]
     lines = [
-        f"Client cost of one get (µs; {results['calls']} calls in a row; client = this process)",
+        f"Client cost of one get (µs; {results['calls']} calls in {results['rounds']} "
+        "alternating rounds, medians; client = this process)",
         f"{'client':<30} {'client CPU':>10} {'x floor':>8} {'calls/s':>8} {'p50 µs':>8} "
         f"{'broker CPU':>10}",
-        f"{'raw-socket floor':<30} {floor['client_cpu_us']:>10.1f} {1:>8.2f} "
-        f"{floor['ops_per_s']:>8.0f} {floor['p50_us']:>8.1f} {floor['broker_cpu_us']:>10.1f}",
     ]
-    for name, row in results["rows"].items():
+    named = [("raw-socket floor", floor)]
+    named += [
+        (f"{loop} floor (bare protocol)", row) for loop, row in results["loop_floors"].items()
+    ]
+    named += list(results["rows"].items())
+    for name, row in named:
         lines.append(
             f"{name:<30} {row['client_cpu_us']:>10.1f} "
             f"{row['client_cpu_us'] / floor['client_cpu_us']:>8.2f} {row['ops_per_s']:>8.0f} "
@@ -366,23 +518,34 @@ def render(results: dict[str, Any]) -> list[str]:
         + (f", {uvloop}x on uvloop" if uvloop is not None else "")
         + f"; httpx's transport costs {results['httpx_cpu_over_own_sync']}x ours (sync)"
     )
+    loops = ", ".join(
+        f"{loop} {results[f'{loop}_floor_over_floor']}x"
+        for loop in results["loop_floors"]
+        if f"{loop}_floor_over_floor" in results
+    )
+    above = ", ".join(f"{row} {us:.1f}" for row, us in results["above_floor_us"].items())
+    lines.append(f"the event loops' own floors against the blocking one: {loops}")
+    lines.append(f"client CPU above the floor of its kind of I/O (µs): {above}")
     node = results["node_original"]
     lines.append("")
     lines.append(
         "get calls/s with N client processes: ours (BrokerClient) vs the Node.js original "
         f"(best of {node['rounds']} alternating rounds)"
     )
-    for count in PROCESSES:
-        ours = results["processes"][str(count)]["ops_per_s"]
-        row = results["processes"][str(count)]
-        mine = (f"N={count:<3} ours {ours:>6.0f} (client CPU {row['client_cpu_us']:.1f} µs/call, "
-                f"broker {row['broker_cpu_us']:.1f})")  # fmt: skip
+    for count in (*(str(count) for count in PROCESSES), "1 async"):
+        row = results["processes"][count]
+        label = "N=1 async" if count == "1 async" else f"N={count}"
+        mine = (
+            f"{label:<9} ours {row['ops_per_s']:>6.0f} (client CPU "
+            f"{row['client_cpu_us']:.1f} µs/call, broker {row['broker_cpu_us']:.1f})"
+        )
         if node["measured"]:
-            theirs = node[str(count)]
+            theirs = node["1" if count == "1 async" else count]
+            ratio = node["ratio_1_async" if count == "1 async" else f"ratio_{count}"]
             lines.append(
                 f"{mine}  original {theirs['ops_per_s']:>6.0f} (client CPU "
                 f"{theirs['client_cpu_us']:.1f}, broker {theirs['broker_cpu_us']:.1f}): "
-                f"{node[f'ratio_{count}']}x"
+                f"{ratio}x"
             )
         else:
             lines.append(mine)

@@ -27,7 +27,6 @@ from urllib.parse import quote
 import httpx
 import orjson
 
-from ephemeral_broker import __version__
 from ephemeral_broker.signing import signature_headers
 from ephemeral_broker_client._transport import RawResponse, ResponseTooLarge
 from ephemeral_broker_client.errors import (
@@ -135,13 +134,12 @@ def resolve_wire(socket: str | os.PathLike[str] | None, secret: str | None, time
         raise ValueError(f"timeout must be a positive, finite number of seconds, not {timeout!r}")
     if secret is None:
         secret = os.environ.get("EPHEMERAL_SECRET") or None
-    headers = (
-        (b"host", b"localhost"),
-        # The broker gzips large answers when asked; over a local socket that only costs CPU
-        # on both sides, so ask for none (and httpx would otherwise offer gzip and more).
-        (b"accept-encoding", b"identity"),
-        (b"user-agent", f"ephemeral-broker-client/{__version__}".encode()),
-    )
+    # Host alone: HTTP/1.1 requires it, and every other header costs the broker's parser and
+    # middleware a little on each request. No Accept-Encoding, because the broker gzips an
+    # answer only when asked to: over a local socket that would cost CPU on both sides for
+    # nothing. (A gzip answer from another server is still decoded.) No User-Agent, which
+    # the broker does not read.
+    headers = ((b"host", b"localhost"),)
     head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
     return Wire(path, secret or None, float(timeout), headers, head)
 

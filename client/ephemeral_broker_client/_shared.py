@@ -57,14 +57,18 @@ class Operation(Generic[P, T]):
         self, instance: AsyncioClient, owner: type[Any] | None = None
     ) -> Callable[P, Coroutine[Any, Any, T]]: ...
     def __get__(self, instance: Any, owner: type[Any] | None = None) -> Any:
-        cls = owner if owner is not None else type(instance)
+        function = self.function_for(owner if owner is not None else type(instance))
+        return function if instance is None else MethodType(function, instance)
+
+    def function_for(self, cls: type[Any]) -> Callable[..., Any]:
+        """The operation as a plain function of client class `cls` (made once)."""
         function = self._functions.get(cls)
         if function is None:
             function = cls._method_from(self.op)
             function.__signature__ = method_signature(self.op)
             function.__qualname__ = f"{cls.__qualname__}.{self.name}"
             self._functions[cls] = function
-        return function if instance is None else MethodType(function, instance)
+        return function
 
 
 CONNECTION_ARGS = """
@@ -110,6 +114,18 @@ class ClientBase(ABC):
     @abstractmethod
     def _method_from(op: Callable[..., Plan[Any]]) -> Callable[..., Any]:
         """The client's kind of method (blocking or coroutine) that executes `op`'s plan."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls._method_from, "__isabstractmethod__", False):
+            return
+        # Each operation becomes a plain function of the client class: `client.get` is then
+        # an ordinary method look-up, not a call of the descriptor's __get__ in Python on
+        # every call (the descriptor stays on ClientBase for the type checker and for help()).
+        for name in dir(ClientBase):
+            operation = ClientBase.__dict__.get(name)
+            if isinstance(operation, Operation):
+                setattr(cls, name, operation.function_for(cls))
 
     set = Operation(ops.set)
     get = Operation(ops.get)

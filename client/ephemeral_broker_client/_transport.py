@@ -485,6 +485,7 @@ class _AsyncConnection(asyncio.BufferedProtocol):
         self.reading = _Reading()
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
+        self.thread = threading.get_ident()
         self.waiter: asyncio.Future[None] | None = None
         self.drained: asyncio.Future[None] | None = None
         self.closed = False
@@ -551,7 +552,10 @@ class _AsyncConnection(asyncio.BufferedProtocol):
     # the transport's side
 
     def usable(self) -> bool:
-        return not self.closed and self.loop is asyncio.get_running_loop()
+        # Only on the event loop it was made on: that loop running in this thread is the
+        # running loop (a thread runs one loop at a time). Checked this way because
+        # asyncio.get_running_loop() makes a getpid() system call on every call (Python 3.11).
+        return not self.closed and self.thread == threading.get_ident() and self.loop.is_running()
 
     def send(self, data: bytes) -> None:
         assert self.transport is not None
