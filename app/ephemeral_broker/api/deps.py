@@ -18,18 +18,22 @@ JSON: Final = "application/json"
 _JSON_BYTES: Final = JSON.encode()
 
 
+# `state["store"]`, not `state.store`: State finds an attribute only after the normal lookup
+# has failed with an AttributeError, which costs more than the rest of a GET's store call.
+
+
 def store_of(request: Request) -> Store:
-    store: Store = request.app.state.store
+    store: Store = request.app.state["store"]
     return store
 
 
 def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
+    runtime: Runtime = request.app.state["runtime"]
     return runtime
 
 
 def metrics_of(request: Request) -> BrokerMetrics:
-    metrics: BrokerMetrics = request.app.state.metrics
+    metrics: BrokerMetrics = request.app.state["metrics"]
     return metrics
 
 

@@ -41,13 +41,14 @@ from fastapi.dependencies.utils import _get_param_aliases
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette._utils import get_route_path
-from starlette.convertors import Convertor
+from starlette.convertors import Convertor, StringConvertor
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
 from ephemeral_broker.api.body import request_validation_failure
+from ephemeral_broker.api.paths import NameConvertor
 from ephemeral_broker.errors import BrokerError, problem_headers, render_problem
 
 _IMMUTABLE: Final = (type(None), bool, int, float, str, bytes)
@@ -177,7 +178,7 @@ class LeanRoute(APIRoute):
     async def handle_request(self, request: Request) -> Response:
         return await self._call(**self.bind(request.scope, request))
 
-    def bind(self, scope: Scope, request: Request) -> dict[str, Any]:
+    def bind(self, scope: Scope, request: Request | None) -> dict[str, Any]:
         """The endpoint's arguments from the scope, or a 422 validation_error with them all."""
         values: dict[str, Any] = {}
         errors: list[Any] = []
@@ -223,8 +224,9 @@ class LeanRoute(APIRoute):
     async def respond(self, scope: Scope, receive: Receive) -> Response:
         """The route's answer, for BrokerMiddleware to send: FastAPI's handler minus its
         layers (exit stacks for dependencies with yield, of which these routes have none; the
-        exception-handler lookup, where the only exception to turn into an answer is ours)."""
-        request = Request(scope, receive)
+        exception-handler lookup, where the only exception to turn into an answer is ours).
+        The `Request` is built only for an endpoint that takes one."""
+        request = Request(scope, receive) if self._request_name is not None else None
         try:
             return await self._call(**self.bind(scope, request))
         except BrokerError as error:
@@ -234,11 +236,17 @@ class LeanRoute(APIRoute):
             return response
 
 
+# Convertors whose `convert` returns the matched text as it is: a route with only these takes
+# the regex match's groups as its path parameters.
+_IDENTITY_CONVERTORS: Final = (NameConvertor, StringConvertor)
+
+
 @dataclass(frozen=True, slots=True)
 class _Candidate:
     route: LeanRoute
     match: Callable[[str], Any]  # the route's compiled path regex
     convertors: Mapping[str, Convertor[Any]]
+    as_matched: bool  # every convertor is one of _IDENTITY_CONVERTORS
 
 
 class RouteTable:
@@ -257,7 +265,9 @@ class RouteTable:
         for route in routes:
             if not isinstance(route, LeanRoute):
                 continue
-            candidate = _Candidate(route, route.path_regex.match, route.param_convertors)
+            convertors = route.param_convertors
+            as_matched = all(type(c) in _IDENTITY_CONVERTORS for c in convertors.values())
+            candidate = _Candidate(route, route.path_regex.match, convertors, as_matched)
             for method in route.methods or ():
                 by_method.setdefault(method, []).append(candidate)
             if not route.param_convertors:
@@ -287,6 +297,8 @@ class RouteTable:
         for candidate in self._by_method.get(method, ()):
             match = candidate.match(path)
             if match is not None:
+                if candidate.as_matched:
+                    return candidate.route, match.groupdict()
                 convertors = candidate.convertors
                 path_params = {
                     name: convertors[name].convert(value)
