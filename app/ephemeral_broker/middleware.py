@@ -34,7 +34,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ephemeral_broker.api.paths import strict_names
-from ephemeral_broker.errors import BrokerError, send_problem
+from ephemeral_broker.errors import BrokerError, problem_headers, render_problem, send_problem
 from ephemeral_broker.limits import guard_body
 from ephemeral_broker.logs import access_logger, logger
 from ephemeral_broker.metrics import BrokerMetrics
@@ -189,7 +189,13 @@ class BrokerMiddleware:
             if routes is None or target is None:
                 await self.app(scope, receive, send_wrapper)
                 return
-            response = await routes.enter(scope, target).respond(scope, receive)
+            try:
+                response = await routes.enter(scope, target).call(scope, receive)
+            except BrokerError as error:
+                # The route's refusal, answered as its exception handler would.
+                problem = render_problem(scope, error)
+                response = Response(problem, error.status)
+                response.raw_headers = problem_headers(error, problem)
             if type(response).__call__ is not _PLAIN_RESPONSE_CALL:
                 await response(scope, receive, send_wrapper)  # one that sends itself (streams...)
                 return

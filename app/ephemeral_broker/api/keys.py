@@ -127,11 +127,13 @@ async def set_key(
     result = await store_of(request).set(key, encoded, payload["ttl_ms"], precondition)
     meta = result.meta
     set_result(request, "created" if result.created else "replaced")
-    body = {"key": meta.key, "version": meta.version, "expires_at": meta.expires_at,
-            "ttl_ms": meta.ttl_ms}  # fmt: skip
-    return JSONBytesResponse(
-        orjson.dumps(body), 201 if result.created else 200, version=meta.version
+    body = b'{"key":%b,"version":%d,"expires_at":%d,"ttl_ms":%d}' % (
+        orjson.dumps(meta.key),
+        meta.version,
+        meta.expires_at,
+        meta.ttl_ms,
     )
+    return JSONBytesResponse(body, 201 if result.created else 200, version=meta.version)
 
 
 @router.get(
