@@ -120,7 +120,9 @@ class BrokerMiddleware:
             # correlation id, not a secret, so it skips the system call per request.
             rid = f"{_new_request_id(64):016x}"
             rid_bytes = rid.encode()
-        state = scope.setdefault("state", {})
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
         state["request_id"] = rid
 
         path: str = scope["path"]
@@ -176,12 +178,19 @@ class BrokerMiddleware:
                 if admitted is None:
                     return  # answered already
                 receive = admitted
-            # 5 and 6. Names in the path and query; body limits and Content-Encoding.
-            screened = _screen(scope, receive, self.limit, found, length, chunked)
-            if isinstance(screened, BrokerError):
-                await send_problem(scope, send_wrapper, screened)
-                return
-            scope, receive = screened
+            # 5 and 6. Names in the path and query; body limits and Content-Encoding. Only a
+            # request with a body, or a target with a percent-escape, has anything to check.
+            if (
+                length is not None
+                or chunked
+                or b"%" in (scope.get("raw_path") or b"")
+                or b"%" in scope["query_string"]
+            ):
+                screened = _screen(scope, receive, self.limit, found, length, chunked)
+                if isinstance(screened, BrokerError):
+                    await send_problem(scope, send_wrapper, screened)
+                    return
+                scope, receive = screened
             # 7. The route: one of the broker's own, straight from the route table, or else
             # FastAPI's router (404, 405, /openapi.json) with its exception handlers.
             routes = self.routes
@@ -299,12 +308,10 @@ def _screen(
     chunked: bool,
 ) -> tuple[Scope, Receive] | BrokerError:
     """Steps 5 and 6: the scope and receive the route gets, or why the request is refused."""
-    # 5. Names in the path and query: strict UTF-8, one segment each (api/paths.py). Only a
-    # target with a percent-escape can hold a name that is not.
-    if b"%" in (scope.get("raw_path") or b"") or b"%" in scope["query_string"]:
-        refused = strict_names(scope)
-        if refused is not None:
-            return refused
+    # 5. Names in the path and query: strict UTF-8, one segment each (api/paths.py).
+    refused = strict_names(scope)
+    if refused is not None:
+        return refused
     # 6. Body limits and Content-Encoding (nothing to do without a body).
     if length is None and not chunked:
         return scope, receive

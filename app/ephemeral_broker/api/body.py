@@ -262,7 +262,7 @@ async def read_model(
     request: Request, model: type[ModelT], *, empty_is: str | None = None
 ) -> ModelT:
     """Read, parse and validate the body. `empty_is`: the JSON an empty body stands for."""
-    return validate_object(model, await _read_object(request, empty_is))
+    return validate_object(model, _object_of(await read_body(request), empty_is))
 
 
 async def read_fields(
@@ -277,7 +277,7 @@ async def read_fields(
     includes every body the model refuses, is validated by the model itself, so what passes
     and every error are the same either way.
     """
-    data = await _read_object(request, empty_is)
+    data = _object_of(await read_body(request), empty_is)
     shape = PLAIN_SHAPES[model]
     if shape.takes(data):
         return {**shape.defaults, **data}
@@ -285,8 +285,8 @@ async def read_fields(
     return {name: getattr(validated, name) for name in _field_names(model)}
 
 
-async def _read_object(request: Request, empty_is: str | None) -> dict[str, Any]:
-    body = await read_body(request)
+def _object_of(body: bytes, empty_is: str | None) -> dict[str, Any]:
+    """The body parsed as a JSON object, or why not (`empty_is`: what an empty body means)."""
     if not body:
         if empty_is is None:
             raise BrokerError(
