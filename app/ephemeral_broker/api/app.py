@@ -15,7 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ephemeral_broker import __version__
 from ephemeral_broker.api.auth import Authenticator
@@ -156,6 +156,18 @@ class BrokerAPI(FastAPI):
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
         return stack if self.front is None else self.front(stack)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # An HTTP request goes straight to the middleware stack, as Starlette's __call__ sends
+        # it, without FastAPI's check for native telemetry first: create_app builds this app
+        # with telemetry off (NO_TELEMETRY) and without a root_path, so that check is False
+        # on every request. Lifespan, a first request and any other app go the usual way.
+        stack = self.middleware_stack
+        if scope["type"] == "http" and stack is not None and self.front and not self.root_path:
+            scope["app"] = self
+            await stack(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(

@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ephemeral_broker.api.limits import guard_body
 from ephemeral_broker.api.paths import strict_names
 from ephemeral_broker.api.runtime import Runtime
-from ephemeral_broker.errors import BrokerError, send_problem
+from ephemeral_broker.errors import BrokerError, problem_headers, render_problem, send_problem
 from ephemeral_broker.logs import access_logger, logger
 from ephemeral_broker.metrics import BrokerMetrics
 
@@ -120,7 +120,9 @@ class BrokerMiddleware:
             # correlation id, not a secret, so it skips the system call per request.
             rid = f"{_new_request_id(64):016x}"
             rid_bytes = rid.encode()
-        state = scope.setdefault("state", {})
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
         state["request_id"] = rid
 
         path: str = scope["path"]
@@ -158,25 +160,70 @@ class BrokerMiddleware:
                     scope, send_wrapper,
                     BrokerError("draining", "the broker is shutting down; retry on a new broker"),
                 )  # fmt: skip
-            else:
-                response = await self._admit(scope, receive, send_wrapper, found, probe)
-                if response is not None:
-                    # A route's answer: what Response.__call__ would send, with what
-                    # send_wrapper would add, sent from here (two fewer hops per message).
-                    status = response.status_code
-                    response_started = True
-                    start: Message = {
-                        "type": "http.response.start",
-                        "status": status,
-                        "headers": [*response.raw_headers, (b"x-request-id", rid_bytes)],
-                    }
-                    body: Message = {"type": "http.response.body", "body": response.body}
-                    if accepts_gzip:
-                        start, body = self._maybe_gzip(start, body)
-                    await send(start)
-                    await send(body)
-                    if response.background is not None:
-                        await response.background()
+                return
+            # 4. Auth sees the body as sent on the wire, which a signature covers.
+            length = found.get(b"content-length")
+            chunked = b"transfer-encoding" in found
+            if self.auth is not None and not probe:
+                admitted = await self.auth.admit(
+                    scope,
+                    receive,
+                    send_wrapper,
+                    found.get(b"authorization"),
+                    found.get(b"x-broker-timestamp"),
+                    found.get(b"x-broker-signature"),
+                    length,
+                    chunked,
+                )
+                if admitted is None:
+                    return  # answered already
+                receive = admitted
+            # 5 and 6. Names in the path and query; body limits and Content-Encoding. Only a
+            # request with a body, or a target with a percent-escape, has anything to check.
+            if (
+                length is not None
+                or chunked
+                or b"%" in (scope.get("raw_path") or b"")
+                or b"%" in scope["query_string"]
+            ):
+                screened = _screen(scope, receive, self.limit, found, length, chunked)
+                if isinstance(screened, BrokerError):
+                    await send_problem(scope, send_wrapper, screened)
+                    return
+                scope, receive = screened
+            # 7. The route: one of the broker's own, straight from the route table, or else
+            # FastAPI's router (404, 405, /openapi.json) with its exception handlers.
+            routes = self.routes
+            target = routes.find(scope) if routes is not None else None
+            if routes is None or target is None:
+                await self.app(scope, receive, send_wrapper)
+                return
+            try:
+                response = await routes.enter(scope, target).call(scope, receive)
+            except BrokerError as error:
+                # The route's refusal, answered as its exception handler would.
+                problem = render_problem(scope, error)
+                response = Response(problem, error.status)
+                response.raw_headers = problem_headers(error, problem)
+            if type(response).__call__ is not _PLAIN_RESPONSE_CALL:
+                await response(scope, receive, send_wrapper)  # one that sends itself (streams...)
+                return
+            # What Response.__call__ would send, with what send_wrapper would add, sent from
+            # here (two fewer hops per message).
+            status = response.status_code
+            response_started = True
+            start: Message = {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*response.raw_headers, (b"x-request-id", rid_bytes)],
+            }
+            body: Message = {"type": "http.response.body", "body": response.body}
+            if accepts_gzip:
+                start, body = self._maybe_gzip(start, body)
+            await send(start)
+            await send(body)
+            if response.background is not None:
+                await response.background()
         except ClientDisconnect:
             # The client hung up while sending its body: nobody to answer, and not a bug.
             status = CLIENT_CLOSED_STATUS
@@ -233,55 +280,6 @@ class BrokerMiddleware:
                     },
                 )
 
-    async def _admit(
-        self, scope: Scope, receive: Receive, send: Send, found: dict[bytes, bytes], probe: bool
-    ) -> Response | None:
-        """Steps 4 to 7: auth, names, body limits, then the route. Returns the answer of one of the
-        broker's routes, to be sent; None when the request was answered through `send`."""
-        length = found.get(b"content-length")
-        chunked = b"transfer-encoding" in found
-        if self.auth is not None and not probe:
-            # 4. Auth sees the body as sent on the wire, which a signature covers.
-            admitted = await self.auth.admit(
-                scope,
-                receive,
-                send,
-                found.get(b"authorization"),
-                found.get(b"x-broker-timestamp"),
-                found.get(b"x-broker-signature"),
-                length,
-                chunked,
-            )
-            if admitted is None:
-                return None  # answered already
-            receive = admitted
-        # 5. Names in the path and query: strict UTF-8, one segment each (api/paths.py).
-        refused = strict_names(scope)
-        if refused is not None:
-            await send_problem(scope, send, refused)
-            return None
-        # 6. Body limits and Content-Encoding (nothing to do without a body).
-        if length is not None or chunked:
-            guarded = guard_body(
-                scope, receive, self.limit, length, found.get(b"content-encoding", b""), chunked
-            )
-            if isinstance(guarded, BrokerError):
-                await send_problem(scope, send, guarded)
-                return None
-            scope, receive = guarded
-        # 7. The route.
-        routes = self.routes
-        if routes is not None:
-            target = routes.find(scope)
-            if target is not None:
-                response = await routes.enter(scope, target).respond(scope, receive)
-                if type(response).__call__ is _PLAIN_RESPONSE_CALL:
-                    return response
-                await response(scope, receive, send)  # one that sends itself (streams...)
-                return None
-        await self.app(scope, receive, send)
-        return None
-
     def _maybe_gzip(self, start: Message, message: Message) -> tuple[Message, Message]:
         body: bytes = message.get("body", b"")
         headers: list[tuple[bytes, bytes]] = start["headers"]
@@ -299,3 +297,22 @@ class BrokerMiddleware:
             (b"vary", b"Accept-Encoding"),
         ]
         return {**start, "headers": headers}, {**message, "body": packed}
+
+
+def _screen(
+    scope: Scope,
+    receive: Receive,
+    limit: int,
+    found: dict[bytes, bytes],
+    length: bytes | None,
+    chunked: bool,
+) -> tuple[Scope, Receive] | BrokerError:
+    """Steps 5 and 6: the scope and receive the route gets, or why the request is refused."""
+    # 5. Names in the path and query: strict UTF-8, one segment each (api/paths.py).
+    refused = strict_names(scope)
+    if refused is not None:
+        return refused
+    # 6. Body limits and Content-Encoding (nothing to do without a body).
+    if length is None and not chunked:
+        return scope, receive
+    return guard_body(scope, receive, limit, length, found.get(b"content-encoding", b""), chunked)

@@ -18,7 +18,7 @@ declared, never silently served differently from FastAPI.
 
 `RouteTable` is the dispatch side: the same routes, grouped by method, matched with their own
 path regexes in declaration order, so BrokerMiddleware can hand a request straight to its route
-(`route.respond`) instead of walking Starlette's router and FastAPI's included-router contexts.
+(`route.call`) instead of walking Starlette's router and FastAPI's included-router contexts.
 """
 
 from __future__ import annotations
@@ -41,14 +41,14 @@ from fastapi.dependencies.utils import _get_param_aliases
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette._utils import get_route_path
-from starlette.convertors import Convertor
+from starlette.convertors import Convertor, StringConvertor
 from starlette.datastructures import QueryParams
-from starlette.requests import Request
+from starlette.requests import Request, empty_send
 from starlette.responses import Response
 from starlette.types import Receive, Scope
 
 from ephemeral_broker.api.body import request_validation_failure
-from ephemeral_broker.errors import BrokerError, problem_headers, render_problem
+from ephemeral_broker.api.paths import NameConvertor
 
 _IMMUTABLE: Final = (type(None), bool, int, float, str, bytes)
 Endpoint = Callable[..., Coroutine[Any, Any, Response]]
@@ -177,7 +177,7 @@ class LeanRoute(APIRoute):
     async def handle_request(self, request: Request) -> Response:
         return await self._call(**self.bind(request.scope, request))
 
-    def bind(self, scope: Scope, request: Request) -> dict[str, Any]:
+    def bind(self, scope: Scope, request: Request | None) -> dict[str, Any]:
         """The endpoint's arguments from the scope, or a 422 validation_error with them all."""
         values: dict[str, Any] = {}
         errors: list[Any] = []
@@ -220,18 +220,33 @@ class LeanRoute(APIRoute):
             values[self._request_name] = request
         return values
 
-    async def respond(self, scope: Scope, receive: Receive) -> Response:
-        """The route's answer, for BrokerMiddleware to send: FastAPI's handler minus its
-        layers (exit stacks for dependencies with yield, of which these routes have none; the
-        exception-handler lookup, where the only exception to turn into an answer is ours)."""
-        request = Request(scope, receive)
-        try:
-            return await self._call(**self.bind(scope, request))
-        except BrokerError as error:
-            body = render_problem(scope, error)
-            response = Response(body, error.status)
-            response.raw_headers = problem_headers(error, body)
-            return response
+    def call(self, scope: Scope, receive: Receive) -> Coroutine[Any, Any, Response]:
+        """The endpoint's call for this request, for BrokerMiddleware to await: FastAPI's
+        handler minus its layers (exit stacks for dependencies with yield, of which these
+        routes have none; the exception-handler lookup: the only exception these routes turn
+        into an answer is a BrokerError, which the middleware answers as problem+json).
+        Invalid parameters raise their BrokerError here, before anything is awaited. The
+        `Request` is built only for an endpoint that takes one."""
+        request = LeanRequest(scope, receive) if self._request_name is not None else None
+        return self._call(**self.bind(scope, request))
+
+
+class LeanRequest(Request):
+    """Starlette's Request, built without re-checking the scope's type on every request (the
+    route table serves HTTP scopes only)."""
+
+    def __init__(self, scope: Scope, receive: Receive) -> None:
+        self.scope = scope
+        self._receive = receive
+        self._send = empty_send
+        self._stream_consumed = False
+        self._is_disconnected = False
+        self._form = None
+
+
+# Convertors whose `convert` returns the matched text as it is: a route with only these takes
+# the regex match's groups as its path parameters.
+_IDENTITY_CONVERTORS: Final = (NameConvertor, StringConvertor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +254,7 @@ class _Candidate:
     route: LeanRoute
     match: Callable[[str], Any]  # the route's compiled path regex
     convertors: Mapping[str, Convertor[Any]]
+    as_matched: bool  # every convertor is one of _IDENTITY_CONVERTORS
 
 
 class RouteTable:
@@ -257,7 +273,9 @@ class RouteTable:
         for route in routes:
             if not isinstance(route, LeanRoute):
                 continue
-            candidate = _Candidate(route, route.path_regex.match, route.param_convertors)
+            convertors = route.param_convertors
+            as_matched = all(type(c) in _IDENTITY_CONVERTORS for c in convertors.values())
+            candidate = _Candidate(route, route.path_regex.match, convertors, as_matched)
             for method in route.methods or ():
                 by_method.setdefault(method, []).append(candidate)
             if not route.param_convertors:
@@ -287,6 +305,8 @@ class RouteTable:
         for candidate in self._by_method.get(method, ()):
             match = candidate.match(path)
             if match is not None:
+                if candidate.as_matched:
+                    return candidate.route, match.groupdict()
                 convertors = candidate.convertors
                 path_params = {
                     name: convertors[name].convert(value)
@@ -298,7 +318,7 @@ class RouteTable:
     @staticmethod
     def enter(scope: Scope, found: tuple[LeanRoute, dict[str, Any]]) -> LeanRoute:
         """What the router does with a full match before it calls the route: the scope keys
-        (`route` names the operation in the metrics). The caller then awaits `route.respond`."""
+        (`route` names the operation in the metrics). The caller then awaits `route.call`."""
         route, path_params = found
         scope["endpoint"] = route.endpoint
         scope["path_params"] = path_params

@@ -17,6 +17,10 @@ what one connection may cost, enforced before any app code runs.
   request_timeout` and its connection closed; an app waiting for the body sees a disconnect,
   so the request no longer counts as in flight and a drain does not wait for it. Once a drain
   has begun, a body in progress gets at most `DRAIN_BODY_GRACE` between reads.
+- All of these deadlines share one timer per connection, re-armed lazily: arming a deadline
+  is two attribute writes, and the timer, when it fires early (its deadline moved on since),
+  sets itself for the current one. A request costs no timer call of its own; uvicorn's
+  keep-alive timer after each response is folded into the same one.
 - At most `max_connections` connections at once: one more is answered `503
   too_many_connections` at once and closed, and a warning is logged at most once per
   `REFUSAL_LOG_INTERVAL` with the count refused since the last one.
@@ -27,8 +31,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -78,7 +83,12 @@ class BrokerHttpProtocol(HttpToolsProtocol):
     _head_bytes = 0  # counted by the parser callbacks: exact, per request
     _raw_head_bytes = 0  # counted as bytes arrive while a head is incomplete
     _body_in_progress = False
+    # The one deadline in force (loop time) and what to do when it passes (None: none).
+    _deadline = 0.0
+    _on_deadline: Callable[[], None] | None = None
+    # The loop timer behind it, and when that timer fires: at or before `_deadline`.
     _timer: asyncio.TimerHandle | None = None
+    _timer_at = 0.0
 
     # ---- connection ----------------------------------------------------------------------
 
@@ -90,7 +100,7 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         self._arm(self.limits.keep_alive, self._close_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._cancel_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -108,6 +118,19 @@ class BrokerHttpProtocol(HttpToolsProtocol):
         super().shutdown()
         if self._body_in_progress and not self.transport.is_closing():
             self._arm(min(self.limits.body_timeout, DRAIN_BODY_GRACE), self._body_stalled)
+
+    def on_response_complete(self) -> None:
+        # uvicorn's own, except that the keep-alive wait is our lazy deadline instead of a
+        # fresh `call_later` after every response (and a cancel on the next request's data).
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        else:
+            self._arm(self.limits.keep_alive, self._close_idle)
 
     # ---- parser callbacks ----------------------------------------------------------------
 
@@ -154,27 +177,51 @@ class BrokerHttpProtocol(HttpToolsProtocol):
             return min(self.limits.body_timeout, DRAIN_BODY_GRACE)
         return self.limits.body_timeout
 
-    def _arm(self, seconds: float, callback: Any) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(seconds, callback)
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        deadline = self.loop.time() + seconds
+        self._deadline = deadline
+        self._on_deadline = callback
+        # A timer that fires no later than the deadline stays: when it fires early, _expire
+        # sets it again. Only a deadline earlier than the timer (a first one, a drain's grace
+        # period) needs a new timer.
+        if self._timer is None or deadline < self._timer_at:
+            self._set_timer(deadline)
 
     def _disarm(self) -> None:
+        self._on_deadline = None  # a pending timer finds nothing to do and lapses
+
+    def _set_timer(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        callback = self._on_deadline
+        if callback is None:
+            return
+        if self.loop.time() < self._deadline:
+            self._set_timer(self._deadline)  # the deadline moved on since this timer was set
+            return
+        self._on_deadline = None
+        callback()
+
+    def _cancel_timer(self) -> None:
+        self._on_deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def _close_idle(self) -> None:
-        self._timer = None
         if not self.transport.is_closing():
             self.transport.close()
 
     def _head_stalled(self) -> None:
-        self._timer = None
         seconds = self.limits.head_timeout
         self._refuse("request_timeout", f"the request head did not arrive within {seconds:g} s")
 
     def _body_stalled(self) -> None:
-        self._timer = None
         if self.flow.read_paused:
             # We stopped reading (the app is behind), not the client: not its stall.
             self._arm(self._body_timeout(), self._body_stalled)
@@ -219,7 +266,7 @@ class BrokerHttpProtocol(HttpToolsProtocol):
     def _refuse(self, code: ErrorCode, detail: str) -> None:
         if self.transport.is_closing():
             return
-        self._disarm()
+        self._cancel_timer()
         rid = os.urandom(8).hex()
         body = problem_body(code, detail, rid)
         status, title = ERRORS[code]

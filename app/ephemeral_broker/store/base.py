@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from ephemeral_broker.settings import BrokerSettings
 
@@ -59,22 +59,23 @@ class StoreLimits:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class ItemMeta:
+# The values every key request builds are NamedTuples: immutable like a frozen dataclass, and
+# built in a third of the time (a frozen dataclass sets each field through object.__setattr__).
+
+
+class ItemMeta(NamedTuple):
     key: str
     version: int
     expires_at: int
     ttl_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class SetResult:
+class SetResult(NamedTuple):
     created: bool
     meta: ItemMeta
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(NamedTuple):
     key: str
     value: bytes  # canonical JSON, exactly the bytes that were stored
     version: int

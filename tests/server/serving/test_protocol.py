@@ -129,6 +129,38 @@ def test_a_head_that_does_not_complete_in_time_gets_408(
         assert headers["connection"] == "close"
 
 
+def test_deadlines_hold_on_a_connection_that_served_requests_for_longer_than_them(
+    start_broker: BrokerFactory,
+) -> None:
+    """The deadlines share one timer that is re-armed lazily: one set for an earlier deadline
+    fires, finds the deadline moved on, and waits again. So after a second of requests (longer
+    than either timeout), an idle connection lives its whole keep-alive, no less, and then
+    closes; and a later request's stalled head still gets its 408 on time."""
+    broker = start_broker("--keep-alive-timeout", "700", "--head-timeout", "400")
+    ping = b"GET /v1/ping HTTP/1.1\r\nHost: x\r\n\r\n"
+    with raw(broker) as sock:
+        busy_until = time.monotonic() + 1.2
+        while time.monotonic() < busy_until:
+            sock.sendall(ping)
+            assert read_response(sock)[0] == 200
+            time.sleep(0.02)
+        answered = time.monotonic()
+        assert_closed(sock)
+        idle = time.monotonic() - answered
+        assert 0.6 <= idle < 10, idle
+    with raw(broker) as sock:
+        busy_until = time.monotonic() + 1.2
+        while time.monotonic() < busy_until:
+            sock.sendall(ping)
+            assert read_response(sock)[0] == 200
+            time.sleep(0.02)
+        sock.sendall(b"GET /v1/ping HTTP/1.1\r\nHost: x\r\n")  # and the head stops here
+        stalled = time.monotonic()
+        status, _headers, body = read_response(sock)
+        assert status == 408 and problem_code(body) == "request_timeout"
+        assert 0.3 <= time.monotonic() - stalled < 10
+
+
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_a_body_that_stops_gets_408_and_stops_counting_as_in_flight(
     start_broker: BrokerFactory, framing: str

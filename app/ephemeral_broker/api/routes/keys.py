@@ -8,7 +8,7 @@ import orjson
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from ephemeral_broker.api import paths  # noqa: F401  (registers the `name` path convertor)
-from ephemeral_broker.api.body import openapi_body, read_model
+from ephemeral_broker.api.body import openapi_body, read_fields
 from ephemeral_broker.api.deps import (
     JSONBytesResponse,
     etag,
@@ -123,19 +123,21 @@ async def set_key(
         str | None, Header(description="`*`: create only, refuse if the key exists.")
     ] = None,
 ) -> Response:
-    payload = await read_model(request, SetKeyRequest)
+    payload = await read_fields(request, SetKeyRequest)
     precondition = conditions(if_match, if_none_match)
     # The one serialisation of the value: its size is checked on these bytes, they are stored
     # as they are, and GET returns them as they are (defect 10 of the design notes).
-    encoded = orjson.dumps(payload.value)
-    result = await store_of(request).set(key, encoded, payload.ttl_ms, precondition)
+    encoded = orjson.dumps(payload["value"])
+    result = await store_of(request).set(key, encoded, payload["ttl_ms"], precondition)
     meta = result.meta
     set_result(request, "created" if result.created else "replaced")
-    body = {"key": meta.key, "version": meta.version, "expires_at": meta.expires_at,
-            "ttl_ms": meta.ttl_ms}  # fmt: skip
-    return JSONBytesResponse(
-        orjson.dumps(body), 201 if result.created else 200, version=meta.version
+    body = b'{"key":%b,"version":%d,"expires_at":%d,"ttl_ms":%d}' % (
+        orjson.dumps(meta.key),
+        meta.version,
+        meta.expires_at,
+        meta.ttl_ms,
     )
+    return JSONBytesResponse(body, 201 if result.created else 200, version=meta.version)
 
 
 @router.get(
@@ -238,8 +240,8 @@ async def delete_key(
     openapi_extra=openapi_body(IncrRequest, required=False),
 )
 async def incr_key(key: str, request: Request) -> Response:
-    payload = await read_model(request, IncrRequest, empty_is="{}")
-    item = await store_of(request).incr(key, payload.by, payload.ttl_ms)
+    payload = await read_fields(request, IncrRequest, empty_is="{}")
+    item = await store_of(request).incr(key, payload["by"], payload["ttl_ms"])
     return JSONBytesResponse(item_body(item), version=item.version)
 
 
@@ -252,7 +254,7 @@ async def incr_key(key: str, request: Request) -> Response:
     openapi_extra=openapi_body(TouchRequest),
 )
 async def touch_key(key: str, request: Request) -> Response:
-    payload = await read_model(request, TouchRequest)
-    meta = await store_of(request).touch(key, payload.ttl_ms)
+    payload = await read_fields(request, TouchRequest)
+    meta = await store_of(request).touch(key, payload["ttl_ms"])
     body = {"key": meta.key, "version": meta.version, "expires_at": meta.expires_at}
     return JSONBytesResponse(orjson.dumps(body), version=meta.version)

@@ -12,10 +12,11 @@ family's paths: schemathesis starts scenarios only from the operations it deems 
 succeed, and on the whole document that is the key listing alone, so no scenario would ever
 acquire a lease.
 
-Every scenario gets a broker with no history (tests/forked_brokers.py, a fork per scenario on
-a clock that never moves): Hypothesis replays the start of earlier scenarios and needs the same
-requests to get the same answers, which a broker that kept the keys, tokens and version
-counter of the last scenario, or whose TTLs run out by the wall clock, would not give.
+Every scenario gets a broker with no history (tests/support/forked_brokers.py, a fork per
+scenario on a clock that never moves): Hypothesis replays the start of earlier scenarios and
+needs the same requests to get the same answers, which a broker that kept the keys, tokens
+and version counter of the last scenario, or whose TTLs run out by the wall clock, would not
+give.
 
 Bounded for CI: derandomized, SCENARIOS scenarios of at most STEPS steps per family.
 """
@@ -47,9 +48,10 @@ from schemathesis.core.transport import Response
 from schemathesis.generation.stateful.state_machine import StepInput, StepOutput
 from schemathesis.openapi.checks import RejectedPositiveData, UseAfterFree
 
-from ephemeral_broker.openapi_rules import NAME_PATTERN
-from tests.conftest import read_first_line
-from tests.test_schemathesis import CONFIG, ROOT, send, shorten_waits
+from ephemeral_broker.api.openapi_rules import NAME_PATTERN
+from tests.support.brokers import read_first_line
+from tests.support.paths import ROOT
+from tests.support.schemathesis_cases import CONFIG, send, shorten_waits
 
 SCENARIOS = 30
 STEPS = 10
@@ -60,15 +62,15 @@ NAME = re.compile(NAME_PATTERN.replace("$", r"\Z"))
 
 
 class BrokerFactory:
-    """A `python -m tests.forked_brokers` process: `fresh()` ends the broker it gave out last
-    and returns the socket of a new one."""
+    """A `python -m tests.support.forked_brokers` process: `fresh()` ends the broker it gave
+    out last and returns the socket of a new one."""
 
     def __init__(self, workdir: Path) -> None:
         self.stderr_path = workdir / "brokers.stderr"
         self.started = 0
         with self.stderr_path.open("w") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.forked_brokers", str(workdir)],
+                [sys.executable, "-m", "tests.support.forked_brokers", str(workdir)],
                 cwd=ROOT,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,

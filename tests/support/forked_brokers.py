@@ -12,7 +12,7 @@ app, `serve()` with its uvicorn server, signal handling and socket rules), with 
 difference: its clock is a FakeClock that never moves, so no TTL ends during a scenario and
 an answer does not depend on how fast the machine is.
 
-    python -m tests.forked_brokers DIR [serve flags ...]
+    python -m tests.support.forked_brokers DIR [serve flags ...]
 
 Protocol, one line each way: for every line the caller writes, the broker handed out last is
 killed and reaped, and the answer is `EPHEMERAL_PIPE=<socket> <pid>` for a broker that
@@ -31,13 +31,13 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from ephemeral_broker.cli import build_parser
-from ephemeral_broker.cli_settings import settings_from_args
+from ephemeral_broker.api.app import create_app
+from ephemeral_broker.cli.main import build_parser
+from ephemeral_broker.cli.settings_flags import settings_from_args
 from ephemeral_broker.clock import FakeClock
-from ephemeral_broker.lifecycle import lifecycle_tasks
 from ephemeral_broker.logs import configure_logging
-from ephemeral_broker.main import create_app
-from ephemeral_broker.server import run_in_new_loop, serve
+from ephemeral_broker.serving.lifecycle import lifecycle_tasks
+from ephemeral_broker.serving.server import run_in_new_loop, serve
 
 START_TIMEOUT_SECONDS = 20.0
 
