@@ -43,19 +43,39 @@ class Sizes:
 
 
 FULL = Sizes(
-    sequential_ops=5000, concurrent_ops=20_000, growth_small=1_000, growth_large=100_000,
-    growth_ops=3000, store_small=1_000, store_large=1_000_000, store_ops=20_000,
-    sweep_keys=1_000_000, memory_keys=100_000, lease_holders=100_000, lease_samples=5001,
-    floor_requests=200, floor_rounds=51,
-)  # fmt: skip
+    sequential_ops=5000,
+    concurrent_ops=20_000,
+    growth_small=1_000,
+    growth_large=100_000,
+    growth_ops=3000,
+    store_small=1_000,
+    store_large=1_000_000,
+    store_ops=20_000,
+    sweep_keys=1_000_000,
+    memory_keys=100_000,
+    lease_holders=100_000,
+    lease_samples=5001,
+    floor_requests=200,
+    floor_rounds=51,
+)
 # Checks that every measurement runs, in under a minute on an idle 2-CPU machine; its figures
 # are too small to quote.
 QUICK = Sizes(
-    sequential_ops=150, concurrent_ops=400, growth_small=1_000, growth_large=3_000,
-    growth_ops=200, store_small=1_000, store_large=50_000, store_ops=5_000,
-    sweep_keys=50_000, memory_keys=500, lease_holders=10_000, lease_samples=1001,
-    floor_requests=100, floor_rounds=5,
-)  # fmt: skip
+    sequential_ops=150,
+    concurrent_ops=400,
+    growth_small=1_000,
+    growth_large=3_000,
+    growth_ops=200,
+    store_small=1_000,
+    store_large=50_000,
+    store_ops=5_000,
+    sweep_keys=50_000,
+    memory_keys=500,
+    lease_holders=10_000,
+    lease_samples=1001,
+    floor_requests=100,
+    floor_rounds=5,
+)
 CONCURRENCY = (1, 4, 16)
 
 # Every result has these keys; the test suite checks a --quick run against them.
@@ -70,9 +90,15 @@ REQUIRED: dict[str, Any] = {
     "sweep": ["keys", "due", "sweep_ms", "per_expired_us", "nothing_due_us"],
     "leases": ["small_holders", "large_holders", "small_grant_us", "large_grant_us", "ratio"],
     "memory": list(memory_bench.SCENARIOS),
-    "clients": ["floor", "rows", "processes", "node_original", "sync_cpu_over_floor",
-                "async_cpu_over_sync"],
-}  # fmt: skip
+    "clients": [
+        "floor",
+        "rows",
+        "processes",
+        "node_original",
+        "sync_cpu_over_floor",
+        "async_cpu_over_sync",
+    ],
+}
 OP_FIELDS = ["broker_cpu_us", "client_cpu_us", "ops_per_s", "p50_us", "p95_us", "p99_us"]
 FLOOR_FIELDS = ["broker_cpu_us", "floor_cpu_us", "ratio"]
 SECTIONS = tuple(section for section in REQUIRED if section != "meta")
@@ -80,9 +106,12 @@ SECTIONS = tuple(section for section in REQUIRED if section != "meta")
 
 def missing_fields(results: dict[str, Any], sections: tuple[str, ...] = SECTIONS) -> list[str]:
     """Paths of REQUIRED fields of `sections` (and meta) absent from `results`."""
-    missing = [f"{section}.{key}" for section, keys in REQUIRED.items() for key in keys
-               if section in ("meta", *sections)
-               and key not in results.get(section, {})]  # fmt: skip
+    missing = [
+        f"{section}.{key}"
+        for section, keys in REQUIRED.items()
+        for key in keys
+        if section in ("meta", *sections) and key not in results.get(section, {})
+    ]
     if "sequential" in sections:
         for mode in ("sync", "async"):
             for op in http_bench.OPERATIONS:
@@ -99,10 +128,17 @@ def _steps(sizes: Sizes, section: str) -> int:
     """Progress steps a section takes."""
     ops = len(http_bench.OPERATIONS)
     return {
-        "sequential": 2 * ops, "concurrency": ops * len(CONCURRENCY), "baseline": 2,
-        "floor": 1, "growth_http": 2, "growth_store": 2, "sweep": 1, "leases": 1,
-        "memory": len(memory_bench.SCENARIOS), "clients": CLIENT_STEPS,
-    }[section]  # fmt: skip
+        "sequential": 2 * ops,
+        "concurrency": ops * len(CONCURRENCY),
+        "baseline": 2,
+        "floor": 1,
+        "growth_http": 2,
+        "growth_store": 2,
+        "sweep": 1,
+        "leases": 1,
+        "memory": len(memory_bench.SCENARIOS),
+        "clients": CLIENT_STEPS,
+    }[section]
 
 
 CLIENT_STEPS = client_bench.STEPS
@@ -243,42 +279,59 @@ def _memory(sizes: Sizes, progress: Progress) -> dict[str, Any]:
 
 
 def render(results: dict[str, Any]) -> str:
-    lines = [f"ephemeral-broker {results['meta']['version']} — {results['meta']['command']}",
-             f"{results['meta']['machine']}, {results['meta']['cpus']} CPUs, "
-             f"Python {results['meta']['python']}, {results['meta']['date']}"]  # fmt: skip
+    lines = [
+        f"ephemeral-broker {results['meta']['version']} — {results['meta']['command']}",
+        f"{results['meta']['machine']}, {results['meta']['cpus']} CPUs, "
+        f"Python {results['meta']['python']}, {results['meta']['date']}",
+    ]
     if "sequential" in results:
         lines += ["", "CPU per operation, one sequential client (µs; broker = server process)"]
-        lines.append(f"{'operation':<13} {'broker sync':>12} {'client sync':>12} "
-                     f"{'broker async':>13} {'client async':>13}")  # fmt: skip
+        lines.append(
+            f"{'operation':<13} {'broker sync':>12} {'client sync':>12} "
+            f"{'broker async':>13} {'client async':>13}"
+        )
         for op in http_bench.OPERATIONS:
             s, a = results["sequential"]["sync"][op], results["sequential"]["async"][op]
-            lines.append(f"{op:<13} {s['broker_cpu_us']:>12.1f} {s['client_cpu_us']:>12.1f} "
-                         f"{a['broker_cpu_us']:>13.1f} {a['client_cpu_us']:>13.1f}")  # fmt: skip
+            lines.append(
+                f"{op:<13} {s['broker_cpu_us']:>12.1f} {s['client_cpu_us']:>12.1f} "
+                f"{a['broker_cpu_us']:>13.1f} {a['client_cpu_us']:>13.1f}"
+            )
         lines += ["", "Latency and throughput, one sequential client (sync | async)"]
-        lines.append(f"{'operation':<13} {'ops/s':>8} {'p50 µs':>8} {'p95 µs':>8} {'p99 µs':>8}"
-                     f" | {'ops/s':>8} {'p50 µs':>8} {'p99 µs':>8}")  # fmt: skip
+        lines.append(
+            f"{'operation':<13} {'ops/s':>8} {'p50 µs':>8} {'p95 µs':>8} {'p99 µs':>8}"
+            f" | {'ops/s':>8} {'p50 µs':>8} {'p99 µs':>8}"
+        )
         for op in http_bench.OPERATIONS:
             s, a = results["sequential"]["sync"][op], results["sequential"]["async"][op]
-            lines.append(f"{op:<13} {s['ops_per_s']:>8.0f} {s['p50_us']:>8.1f} "
-                         f"{s['p95_us']:>8.1f} {s['p99_us']:>8.1f} | {a['ops_per_s']:>8.0f} "
-                         f"{a['p50_us']:>8.1f} {a['p99_us']:>8.1f}")  # fmt: skip
+            lines.append(
+                f"{op:<13} {s['ops_per_s']:>8.0f} {s['p50_us']:>8.1f} "
+                f"{s['p95_us']:>8.1f} {s['p99_us']:>8.1f} | {a['ops_per_s']:>8.0f} "
+                f"{a['p50_us']:>8.1f} {a['p99_us']:>8.1f}"
+            )
     if "concurrency" in results:
         lines += ["", "Throughput with N client processes (ops/s total; broker CPU µs/op)"]
         lines.append(f"{'operation':<13}" + "".join(f" {f'N={n}':>19}" for n in CONCURRENCY))
         for op in http_bench.OPERATIONS:
             row = results["concurrency"][op]
-            lines.append(f"{op:<13}" + "".join(
-                f" {row[str(n)]['ops_per_s']:>10.0f} ({row[str(n)]['broker_cpu_us']:>6.1f})"
-                for n in CONCURRENCY))  # fmt: skip
+            lines.append(
+                f"{op:<13}"
+                + "".join(
+                    f" {row[str(n)]['ops_per_s']:>10.0f} ({row[str(n)]['broker_cpu_us']:>6.1f})"
+                    for n in CONCURRENCY
+                )
+            )
     if "baseline" in results:
         base = results["baseline"]
-        lines += ["", "Raw-ASGI baseline (same uvicorn configuration, trivial app; httpx client)",
-                  f"bare GET: {base['bare_get']['broker_cpu_us']:.1f} µs server CPU, "
-                  f"p50 {base['bare_get']['p50_us']:.1f} µs; broker GET hit: "
-                  f"{base['broker_get_hit']['broker_cpu_us']:.1f} µs, p50 "
-                  f"{base['broker_get_hit']['p50_us']:.1f} µs",
-                  f"broker GET costs {base['cpu_ratio']}x the bare server's CPU "
-                  f"({base['p50_ratio']}x its p50 latency)"]  # fmt: skip
+        lines += [
+            "",
+            "Raw-ASGI baseline (same uvicorn configuration, trivial app; httpx client)",
+            f"bare GET: {base['bare_get']['broker_cpu_us']:.1f} µs server CPU, "
+            f"p50 {base['bare_get']['p50_us']:.1f} µs; broker GET hit: "
+            f"{base['broker_get_hit']['broker_cpu_us']:.1f} µs, p50 "
+            f"{base['broker_get_hit']['p50_us']:.1f} µs",
+            f"broker GET costs {base['cpu_ratio']}x the bare server's CPU "
+            f"({base['p50_ratio']}x its p50 latency)",
+        ]
     if "floor" in results:
         lines += ["", *floor.render(results["floor"])]
     if "growth_http" in results:
@@ -331,14 +384,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes: under a minute")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results here")
     parser.add_argument(
-        "--only", action="append", choices=SECTIONS, metavar="SECTION",
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        metavar="SECTION",
         help=f"run only this section (repeatable): {', '.join(SECTIONS)}",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--node-original", metavar="DIR",
+        "--node-original",
+        metavar="DIR",
         help="a checkout of the Node.js original, to measure its own client side by side "
         f"(default: ${client_bench.NODE_ORIGINAL_ENV}; not measured without either)",
-    )  # fmt: skip
+    )
     args = parser.parse_args(argv)
     sections = tuple(s for s in SECTIONS if s in args.only) if args.only else SECTIONS
     node_dir = client_bench.node_original_dir(args.node_original)

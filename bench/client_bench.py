@@ -58,8 +58,9 @@ FLOOR_REQUEST = b"GET /v1/keys/hit HTTP/1.1\r\nhost: localhost\r\n\r\n"
 CPU_ROUNDS = 5
 
 
-def _result(count: int, wall: float, client_cpu: float, broker_cpu: float,
-            latencies: Latencies) -> dict[str, float]:  # fmt: skip
+def _result(
+    count: int, wall: float, client_cpu: float, broker_cpu: float, latencies: Latencies
+) -> dict[str, float]:
     return {
         "client_cpu_us": round(client_cpu / count * 1e6, 2),
         "broker_cpu_us": round(broker_cpu / count * 1e6, 2),
@@ -283,8 +284,10 @@ def measure_node(checkout: Path, processes: int, total: int) -> dict[str, float]
     workdir = Path(tempfile.mkdtemp(prefix="ebn-", dir="/tmp"))
     broker = subprocess.Popen(
         [node, str(NODE_SCRIPT), "serve", str(checkout), str(workdir)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     clients: list[subprocess.Popen[str]] = []
     try:
         assert broker.stdout is not None
@@ -361,8 +364,9 @@ def _cpu_measurers(server: ServerProcess) -> dict[str, Callable[[int], dict[str,
     return measurers
 
 
-def _measure_async_on(server: ServerProcess, transport: str, loop: str,
-                      count: int) -> dict[str, float]:  # fmt: skip
+def _measure_async_on(
+    server: ServerProcess, transport: str, loop: str, count: int
+) -> dict[str, float]:
     return measure_async(server, transport, count, loop)
 
 
@@ -396,8 +400,13 @@ def _paired_median(
     )
 
 
-def run(server: ServerProcess, sequential: int, concurrent: int, node_dir: Path | None,
-        progress: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+def run(
+    server: ServerProcess,
+    sequential: int,
+    concurrent: int,
+    node_dir: Path | None,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
     """Every client-side figure, against `server` (a broker with the key prepared)."""
     with BrokerClient(str(server.socket)) as client:
         client.set(KEY, http_bench.VALUE_100B, http_bench.TTL_MS)
@@ -415,9 +424,10 @@ def run(server: ServerProcess, sequential: int, concurrent: int, node_dir: Path 
     }
     results["floor"] = medians.pop("raw-socket floor")
     results["loop_floors"] = {
-        loop: medians.pop(f"{loop} floor") for loop in ("asyncio", "uvloop")
+        loop: medians.pop(f"{loop} floor")
+        for loop in ("asyncio", "uvloop")
         if f"{loop} floor" in medians
-    }  # fmt: skip
+    }
     results["rows"] = medians
     for ratio, (top, bottom) in RATIOS.items():
         if top in samples and bottom in samples:

@@ -39,10 +39,24 @@ class RedisProcess:
         self.workdir = Path(tempfile.mkdtemp(prefix="ebr-", dir="/tmp"))
         self.socket = self.workdir / "redis.sock"
         self.proc = subprocess.Popen(
-            [exe, "--port", "0", "--unixsocket", str(self.socket), "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                exe,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 10
         while not self.socket.exists():
             if time.monotonic() > deadline or self.proc.poll() is not None:

@@ -172,8 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=16, help="client processes [16]")
     parser.add_argument("--seconds", type=float, default=60.0, help="how long [60]")
     parser.add_argument("--json", type=Path, help="also write the result here")
-    parser.add_argument("--worker", nargs=3, metavar=("SOCKET", "SECONDS", "SEED"),
-                        help=argparse.SUPPRESS)  # fmt: skip
+    parser.add_argument(
+        "--worker", nargs=3, metavar=("SOCKET", "SECONDS", "SEED"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.worker:
         socket_path, seconds, seed = args.worker

@@ -19,12 +19,17 @@ BATCHES = 5
 def unlimited_store(clock: FakeClock) -> MemoryStore:
     return MemoryStore(
         StoreLimits(
-            max_items=0, max_value_size=1 << 20, max_key_length=512, max_ttl=86_400_000,
-            default_ttl=TTL_MS, require_ttl=True, compression_threshold=1024,
+            max_items=0,
+            max_value_size=1 << 20,
+            max_key_length=512,
+            max_ttl=86_400_000,
+            default_ttl=TTL_MS,
+            require_ttl=True,
+            compression_threshold=1024,
             refresh_ttl_on_get=False,
         ),
         clock,
-    )  # fmt: skip
+    )
 
 
 async def _fill(store: MemoryStore, count: int, ttl_ms: int = TTL_MS, prefix: str = "k") -> None:

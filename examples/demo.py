@@ -38,13 +38,16 @@ def worker(number: int) -> None:
             "accounts", f"worker-{number}", size=ACCOUNTS, wait_ms=30_000, ttl_ms=30_000
         ) as lease:
             start = time.time()
-            say(f"worker {number} (pid {os.getpid()}) read token {token}, "
-                f"holds account test-user-{lease.value}")  # fmt: skip
+            say(
+                f"worker {number} (pid {os.getpid()}) read token {token}, "
+                f"holds account test-user-{lease.value}"
+            )
             time.sleep(0.3)  # "use" the account
             broker.set(
-                f"held-{number}", {"account": lease.value, "from": start, "to": time.time()},
+                f"held-{number}",
+                {"account": lease.value, "from": start, "to": time.time()},
                 ttl_ms=60_000,
-            )  # fmt: skip
+            )
 
 
 def overlaps(intervals: list[dict[str, float]]) -> bool:
@@ -70,8 +73,10 @@ def main() -> int:
     for record in held:
         by_account.setdefault(record["account"], []).append(record)
     clean = not failed and all(not overlaps(times) for times in by_account.values())
-    say(f"{WORKERS - failed} of {WORKERS} workers read the token; accounts used: "
-        f"{sorted(by_account)}; never two holders at once: {clean}")  # fmt: skip
+    say(
+        f"{WORKERS - failed} of {WORKERS} workers read the token; accounts used: "
+        f"{sorted(by_account)}; never two holders at once: {clean}"
+    )
     return 0 if clean else 1
 
 

@@ -36,9 +36,26 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 PREFIX: Final = "ephemeral_broker"
 # Sub-millisecond buckets for the hot path; the long tail is for waiting reads and lease waits.
 DURATION_BUCKETS: Final = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-)  # fmt: skip
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +153,10 @@ class _RequestCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         operations = CounterMetricFamily(
-            f"{PREFIX}_operations", "Requests by operation and result.",
+            f"{PREFIX}_operations",
+            "Requests by operation and result.",
             labels=["operation", "result"],
-        )  # fmt: skip
+        )
         for labels, count in self.operations.items():
             operations.add_metric(list(labels), float(count))
         yield operations
@@ -149,15 +167,17 @@ class _RequestCollector(Collector):
             errors.add_metric([code], float(count))
         yield errors
         duration = HistogramMetricFamily(
-            f"{PREFIX}_request_duration_seconds", "Request duration by operation.",
+            f"{PREFIX}_request_duration_seconds",
+            "Request duration by operation.",
             labels=["operation"],
-        )  # fmt: skip
+        )
         for operation, observed in self.durations.items():
             cumulative = list(itertools.accumulate(observed.counts))
             duration.add_metric(
-                [operation], list(zip(_BUCKET_NAMES, map(float, cumulative), strict=True)),
+                [operation],
+                list(zip(_BUCKET_NAMES, map(float, cumulative), strict=True)),
                 observed.total,
-            )  # fmt: skip
+            )
         yield duration
 
 

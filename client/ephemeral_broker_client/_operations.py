@@ -212,8 +212,7 @@ def _new_get_call(
 
 def _delete_call(key: str, if_version: int | None = None) -> Call[bool]:
     headers = _if_match(if_version) if if_version is not None else ()
-    return Call("DELETE", _key_target(key), _deleted, f"delete of key {show(key)}",
-                headers=headers)  # fmt: skip
+    return Call("DELETE", _key_target(key), _deleted, f"delete of key {show(key)}", headers=headers)
 
 
 def _lookup(wire: Wire, key: str, wait_ms: int | None = None) -> Plan[Item | None]:
@@ -245,8 +244,7 @@ def set(
     Raises TypeError naming the key, before anything is sent, when the value cannot be
     encoded as JSON (NaN, infinities, non-str dict keys, unsupported types, cycles).
     """
-    call = _set_call(key, _set_body(key, value, ttl_ms), if_absent=if_absent,
-                     if_version=if_version)  # fmt: skip
+    call = _set_call(key, _set_body(key, value, ttl_ms), if_absent=if_absent, if_version=if_version)
     return (yield from exchange(wire, call))
 
 
@@ -329,8 +327,7 @@ def touch(wire: Wire, key: str, ttl_ms: int) -> Plan[int]:
     """Restart the TTL of `key` (value and version stay); return its new `expires_at`
     (Unix epoch ms). Raises KeyNotFound when the key is missing."""
     body = encode_json({"ttl_ms": ttl_ms}, f"the touch of key {show(key)}")
-    call = Call("POST", _key_target(key, "/touch"), _expires_at, f"touch of key {show(key)}",
-                body)  # fmt: skip
+    call = Call("POST", _key_target(key, "/touch"), _expires_at, f"touch of key {show(key)}", body)
     return (yield from exchange(wire, call))
 
 
@@ -434,8 +431,12 @@ def release(
     target = _lease_target(pool, worker)
     if token is not None:
         target += f"?token={token}"
-    call = Call("DELETE", target, _released,
-                f"release of the lease in pool {show(pool)} for worker {show(worker)}")  # fmt: skip
+    call = Call(
+        "DELETE",
+        target,
+        _released,
+        f"release of the lease in pool {show(pool)} for worker {show(worker)}",
+    )
     return (yield from exchange(wire, call))
 
 
@@ -445,8 +446,12 @@ def release_all(wire: Wire, worker_id: str | None = None) -> Plan[int]:
     `worker_id` defaults to `$PYTEST_XDIST_WORKER`, else `<hostname>:<pid>`.
     """
     worker = worker_id if worker_id is not None else default_worker_id()
-    call = Call("DELETE", f"/v1/leases?worker_id={quote_name(worker)}", _released_count,
-                f"release of all leases of worker {show(worker)}")  # fmt: skip
+    call = Call(
+        "DELETE",
+        f"/v1/leases?worker_id={quote_name(worker)}",
+        _released_count,
+        f"release of all leases of worker {show(worker)}",
+    )
     return (yield from exchange(wire, call))
 
 
@@ -534,9 +539,9 @@ def once(
     while item is None:
         try:
             version = yield from exchange(
-                wire, _set_call(lock, _set_body(lock, default_worker_id(), lock_ttl_ms),
-                                if_absent=True)
-            )  # fmt: skip
+                wire,
+                _set_call(lock, _set_body(lock, default_worker_id(), lock_ttl_ms), if_absent=True),
+            )
         except PreconditionFailed:
             # Another caller has the turn: wait for its result. A 404 after the wait means
             # its lock may have lapsed (it died), so try to take the turn again.

@@ -262,10 +262,14 @@ def build_request(wire: Wire, call: Call[Any], timeout_s: float) -> httpx.Reques
         headers=headers,
         stream=httpx.ByteStream(body) if body else _EMPTY,
         extensions={
-            "timeout": {"connect": timeout_s, "read": timeout_s, "write": timeout_s,
-                        "pool": timeout_s}
+            "timeout": {
+                "connect": timeout_s,
+                "read": timeout_s,
+                "write": timeout_s,
+                "pool": timeout_s,
+            }
         },
-    )  # fmt: skip
+    )
 
 
 def request_head(wire: Wire, call: Call[Any]) -> bytes:
@@ -590,13 +594,15 @@ class Renewal(ABC):
             logger.warning("%s was lost and is not renewed any more: %s", self.what, exc)
             return False
         except BrokerError as exc:
-            logger.warning("renewing %s failed; retrying in %.3f s: %s", self.what,
-                           self.interval_s, exc)  # fmt: skip
+            logger.warning(
+                "renewing %s failed; retrying in %.3f s: %s", self.what, self.interval_s, exc
+            )
         except Exception as exc:
             # A bug, not a broker answer: stop renewing, and say so where the owner looks,
             # instead of letting the background thread or task die unnoticed.
-            logger.exception("renewing %s failed unexpectedly; it is not renewed any more",
-                             self.what)  # fmt: skip
+            logger.exception(
+                "renewing %s failed unexpectedly; it is not renewed any more", self.what
+            )
             self.lost = BrokerError(
                 "internal_error", f"renewing {self.what} failed unexpectedly: {exc!r}"
             )

@@ -197,8 +197,9 @@ class LeaseBase:
     def _release_failed(self, error: BrokerError) -> None:
         # Leaving a `with` block that raised: the body's exception is the one to see. The
         # lease lapses at its TTL anyway.
-        logger.warning("could not release %s while leaving a failed block: %s",
-                       self._renewal.what, error)  # fmt: skip
+        logger.warning(
+            "could not release %s while leaving a failed block: %s", self._renewal.what, error
+        )
 
     def _renew_plan(self, ttl_ms: int | None) -> Plan[None]:
         return self._renewal.renew_now(ttl_ms)

@@ -175,8 +175,7 @@ def _timeouts(
     request: httpx.Request,
 ) -> tuple[float | None, float | None, float | None, float | None]:
     timeout = request.extensions.get("timeout") or {}
-    return (timeout.get("connect"), timeout.get("read"), timeout.get("write"),
-            timeout.get("pool"))  # fmt: skip
+    return (timeout.get("connect"), timeout.get("read"), timeout.get("write"), timeout.get("pool"))
 
 
 def _chunked(parts: Iterable[bytes]) -> bytes:
@@ -203,8 +202,12 @@ def _head_and_body(request: httpx.Request, body_parts: Iterable[bytes]) -> tuple
 
 def _response(raw: RawResponse) -> httpx.Response:
     # The body keeps its content-encoding: httpx.Response decodes it (gzip, deflate …).
-    return httpx.Response(raw.status, headers=raw.headers, stream=httpx.ByteStream(raw.body),
-                          extensions={"http_version": b"HTTP/1.1"})  # fmt: skip
+    return httpx.Response(
+        raw.status,
+        headers=raw.headers,
+        stream=httpx.ByteStream(raw.body),
+        extensions={"http_version": b"HTTP/1.1"},
+    )
 
 
 def _connect_error(path: str, exc: OSError) -> httpx.ConnectError:
@@ -381,9 +384,13 @@ class UnixTransport(httpx.BaseTransport):
         )
         try:
             response, reusable = self._exchange(
-                connection, head, body, timeout_s,
-                timeout_s if write_timeout is None else write_timeout, head_only,
-            )  # fmt: skip
+                connection,
+                head,
+                body,
+                timeout_s,
+                timeout_s if write_timeout is None else write_timeout,
+                head_only,
+            )
         except BaseException:
             # Whatever broke (a timeout, an error, an interrupt), the connection may hold
             # half a response: never reuse it.
@@ -452,9 +459,14 @@ class UnixTransport(httpx.BaseTransport):
             raise TypeError("UnixTransport needs a request with a synchronous body")
         head, body = _head_and_body(request, stream)
         raw = self.roundtrip(
-            head, body, read, head_only=request.method == "HEAD",
-            connect_timeout=connect, write_timeout=write, pool_timeout=pool,
-        )  # fmt: skip
+            head,
+            body,
+            read,
+            head_only=request.method == "HEAD",
+            connect_timeout=connect,
+            write_timeout=write,
+            pool_timeout=pool,
+        )
         return _response(raw)
 
     def close(self) -> None:
@@ -798,9 +810,14 @@ class AsyncUnixTransport(httpx.AsyncBaseTransport):
             raise TypeError("AsyncUnixTransport cannot read this request's body")
         head, body = _head_and_body(request, parts)
         raw = await self.roundtrip(
-            head, body, read, head_only=request.method == "HEAD",
-            connect_timeout=connect, write_timeout=write, pool_timeout=pool,
-        )  # fmt: skip
+            head,
+            body,
+            read,
+            head_only=request.method == "HEAD",
+            connect_timeout=connect,
+            write_timeout=write,
+            pool_timeout=pool,
+        )
         return _response(raw)
 
     async def aclose(self) -> None:

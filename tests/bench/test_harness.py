@@ -39,8 +39,12 @@ def test_the_clients_section_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert set(results) == {"meta", "clients"}
     clients = results["clients"]
     assert clients["floor"]["client_cpu_us"] > 0
-    assert set(clients["rows"]) >= {"sync, own transport", "sync, httpx transport",
-                                    "async, own transport", "async, httpx transport"}  # fmt: skip
+    assert set(clients["rows"]) >= {
+        "sync, own transport",
+        "sync, httpx transport",
+        "async, own transport",
+        "async, httpx transport",
+    }
     for row in clients["rows"].values():
         assert all(value > 0 for value in row.values()), row
     assert clients["processes"]["16"]["ops_per_s"] > 0

@@ -45,15 +45,21 @@ def sh(script: str, env: dict[str, str], timeout: float = 60) -> subprocess.Comp
     return subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script],
         env={**os.environ, "PATH": f"{BIN_DIR}:{os.environ['PATH']}", **env},
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def start(*flags: str, pids: list[int]) -> dict[str, str]:
     result = subprocess.run(
         [BROKER_EXE, "start", "--format", "json", *flags],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     variables: dict[str, str] = {k: str(v) for k, v in json.loads(result.stdout).items()}
     pids.append(int(variables["EPHEMERAL_BROKER_PID"]))
@@ -137,8 +143,11 @@ def test_start_returns_at_once_and_the_broker_is_detached(
         assert client.get("/v1/ping").status_code == 200
     stopped = subprocess.run(
         [BROKER_EXE, "stop", "--pid", str(pid), "--socket", str(short_tmp / "b.sock")],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert stopped.returncode == 0, stopped.stderr
     assert not alive(pid)
     assert not (short_tmp / "b.sock").exists()
@@ -173,8 +182,12 @@ def test_the_log_file_gets_the_lines_after_ready_and_auth_secret_works(
         assert response.status_code == 201
     stopped = subprocess.run(
         [BROKER_EXE, "stop", "--format", "json"],
-        env={**os.environ, **variables}, capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        env={**os.environ, **variables},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert stopped.returncode == 0, stopped.stderr
     assert json.loads(stopped.stdout) == {"stopped": int(variables["EPHEMERAL_BROKER_PID"])}
     text = log.read_text()
@@ -187,8 +200,11 @@ def test_the_log_file_gets_the_lines_after_ready_and_auth_secret_works(
 def test_a_bad_setting_fails_start_with_one_line_and_launches_nothing(short_tmp: Path) -> None:
     result = subprocess.run(
         [BROKER_EXE, "start", "--socket", str(short_tmp / "b.sock"), "--max-ttl", "0"],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1
@@ -203,8 +219,11 @@ def test_start_on_a_live_socket_reports_the_brokers_own_error(
     start("--socket", str(sock), pids=started_pids)
     second = subprocess.run(
         [BROKER_EXE, "start", "--socket", str(sock)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert second.returncode == 2
     assert second.stdout == ""
     assert f"a broker is already running on {sock}" in second.stderr
@@ -215,8 +234,11 @@ def test_stop_refuses_a_pid_that_is_not_a_broker() -> None:
     try:
         result = subprocess.run(
             [BROKER_EXE, "stop", "--pid", str(sleeper.pid)],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert result.returncode == 1
         assert result.stdout == ""
         assert f"pid {sleeper.pid} is not an ephemeral-broker" in result.stderr
@@ -240,9 +262,13 @@ def test_stop_without_a_running_broker(
 ) -> None:
     base = {k: v for k, v in os.environ.items() if k != "EPHEMERAL_BROKER_PID"}
     result = subprocess.run(
-        [BROKER_EXE, "stop", *args], env={**base, **env},
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        [BROKER_EXE, "stop", *args],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == code
     assert says in result.stderr
 
@@ -263,8 +289,11 @@ def test_stop_ends_a_drain_that_outlasts_its_timeout(
             )
         result = subprocess.run(
             [BROKER_EXE, "stop", "--pid", str(pid), "--socket", str(sock), "--timeout", "0.5"],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     finally:
         upload.close()
     assert result.returncode == 0, result.stderr
@@ -283,9 +312,13 @@ def test_stop_removes_the_socket_of_a_broker_that_was_killed(
     wait_until(lambda: not alive(pid), what="the killed broker to go")
     assert sock.is_socket()  # SIGKILL leaves it behind
     result = subprocess.run(
-        [BROKER_EXE, "stop"], env={**os.environ, **variables},
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        [BROKER_EXE, "stop"],
+        env={**os.environ, **variables},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 0
     assert "already stopped" in result.stderr
     assert not sock.exists()

@@ -28,9 +28,14 @@ def cli(
     if socket is not None:
         environment["EPHEMERAL_PIPE"] = str(socket)
     return subprocess.run(
-        [EXE, *args], input=stdin, capture_output=True, text=True, env=environment, timeout=60,
+        [EXE, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
         check=False,
-    )  # fmt: skip
+    )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -60,8 +65,17 @@ def test_set_and_get_print_for_pipelines(shared_broker: BrokerProcess, ns: str) 
     # A string prints as a JSON string; --raw prints it as it is.
     assert ok(cli("get", ns + "greeting", socket=sock)) == '"hello world"\n'
     assert ok(cli("get", ns + "greeting", "--raw", socket=sock)) == "hello world\n"
-    ok(cli("set", ns + "cfg", '{"a": [1, 2.5, null]}', "--json-value", "--ttl", "60000",
-           socket=sock))  # fmt: skip
+    ok(
+        cli(
+            "set",
+            ns + "cfg",
+            '{"a": [1, 2.5, null]}',
+            "--json-value",
+            "--ttl",
+            "60000",
+            socket=sock,
+        )
+    )
     assert ok(cli("get", ns + "cfg", socket=sock)) == '{"a":[1,2.5,null]}\n'
     ok(cli("set", ns + "quoted", '"a string"', "--json-value", "--ttl", "60000", socket=sock))
     assert ok(cli("get", ns + "quoted", socket=sock)) == '"a string"\n'
@@ -76,8 +90,18 @@ def test_set_and_get_print_for_pipelines(shared_broker: BrokerProcess, ns: str) 
 
 def test_set_json_value_from_stdin(shared_broker: BrokerProcess, ns: str) -> None:
     sock = shared_broker.socket
-    ok(cli("set", ns + "piped", "-", "--json-value", "--ttl", "60000", socket=sock,
-           stdin='{"from": "stdin"}'))  # fmt: skip
+    ok(
+        cli(
+            "set",
+            ns + "piped",
+            "-",
+            "--json-value",
+            "--ttl",
+            "60000",
+            socket=sock,
+            stdin='{"from": "stdin"}',
+        )
+    )
     assert ok(cli("get", ns + "piped", socket=sock)) == '{"from":"stdin"}\n'
     # Without --json-value, "-" is just a string.
     ok(cli("set", ns + "dash", "-", "--ttl", "60000", socket=sock))
@@ -90,19 +114,32 @@ def test_failures_exit_1_with_one_line_naming_the_key(
     sock = shared_broker.socket
     failed(cli("get", ns + "missing", socket=sock), 1, f"key '{ns}missing' does not exist")
     ok(cli("set", ns + "once", "x", "--ttl", "60000", "--if-absent", socket=sock))
-    failed(cli("set", ns + "once", "y", "--ttl", "60000", "--if-absent", socket=sock), 1,
-           f"key '{ns}once' already exists")  # fmt: skip
-    failed(cli("incr", ns + "once", socket=sock), 1,
-           f"""value of '{ns}once' is the string "x", not an integer""")  # fmt: skip
+    failed(
+        cli("set", ns + "once", "y", "--ttl", "60000", "--if-absent", socket=sock),
+        1,
+        f"key '{ns}once' already exists",
+    )
+    failed(
+        cli("incr", ns + "once", socket=sock),
+        1,
+        f"""value of '{ns}once' is the string "x", not an integer""",
+    )
 
 
 def test_usage_errors_exit_2(shared_broker: BrokerProcess, ns: str) -> None:
     sock = shared_broker.socket
-    failed(cli("set", "bad key", "v", "--ttl", "1000", socket=sock), 2,
-           "key 'bad key' contains the character ' '")  # fmt: skip
+    failed(
+        cli("set", "bad key", "v", "--ttl", "1000", socket=sock),
+        2,
+        "key 'bad key' contains the character ' '",
+    )
     failed(cli("set", ns + "k", "v", socket=sock), 2, f"key '{ns}k' needs a TTL: pass --ttl MS")
-    failed(cli("set", ns + "k", "NaN", "--json-value", "--ttl", "1", socket=sock), 2,
-           "not valid JSON", f"'{ns}k'")  # fmt: skip
+    failed(
+        cli("set", ns + "k", "NaN", "--json-value", "--ttl", "1", socket=sock),
+        2,
+        "not valid JSON",
+        f"'{ns}k'",
+    )
     failed(cli("release", socket=sock), 2, "needs a POOL")
     failed(cli("release", "pool", "--all", socket=sock), 2, "takes no POOL")
     # argparse's own usage errors keep exit code 2.
@@ -112,13 +149,18 @@ def test_usage_errors_exit_2(shared_broker: BrokerProcess, ns: str) -> None:
 
 def test_unreachable_exits_3_and_no_socket_exits_2(short_tmp: Path) -> None:
     started = time.monotonic()
-    line = failed(cli("ping", "--timeout", "0.3", socket=short_tmp / "none.sock"), 3,
-                  "cannot reach the broker", "none.sock")  # fmt: skip
+    line = failed(
+        cli("ping", "--timeout", "0.3", socket=short_tmp / "none.sock"),
+        3,
+        "cannot reach the broker",
+        "none.sock",
+    )
     assert "attempts" in line
     assert time.monotonic() - started < 30  # no 5 s default wait: --timeout was honoured
     environment = {k: v for k, v in os.environ.items() if k != "EPHEMERAL_PIPE"}
-    result = subprocess.run([EXE, "get", "k"], capture_output=True, text=True,
-                            env=environment, check=False)  # fmt: skip
+    result = subprocess.run(
+        [EXE, "get", "k"], capture_output=True, text=True, env=environment, check=False
+    )
     assert "EPHEMERAL_PIPE" in failed(result, 2, "get 'k'")
 
 
@@ -156,9 +198,11 @@ def test_a_closed_pipe_is_not_an_error(shared_broker: BrokerProcess, ns: str) ->
         for i in range(200):
             broker.set(f"{ns}{i:04}-{'x' * 480}", 1, 60_000)
     writer = subprocess.Popen(
-        [EXE, "list", "--prefix", ns], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [EXE, "list", "--prefix", ns],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         env={**os.environ, "EPHEMERAL_PIPE": str(shared_broker.socket)},
-    )  # fmt: skip
+    )
     assert writer.stdout is not None and writer.stderr is not None
     assert writer.stdout.read(1) == b"t"
     writer.stdout.close()  # the reader leaves, like `| head -c 1`
@@ -169,9 +213,10 @@ def test_a_closed_pipe_is_not_an_error(shared_broker: BrokerProcess, ns: str) ->
 
 def test_the_secret_is_read_from_ephemeral_secret(short_tmp: Path) -> None:
     secret = "shared between broker and clients"
-    server = RawServer(short_tmp / "rec.sock",
-                       lambda _: http_answer(200, b'{"key":"k","value":"v","version":1,'
-                                             b'"expires_at":1}'))  # fmt: skip
+    server = RawServer(
+        short_tmp / "rec.sock",
+        lambda _: http_answer(200, b'{"key":"k","value":"v","version":1,"expires_at":1}'),
+    )
     try:
         assert ok(cli("get", "k", socket=server.path, EPHEMERAL_SECRET=secret)) == '"v"\n'
     finally:
@@ -182,8 +227,15 @@ def test_the_secret_is_read_from_ephemeral_secret(short_tmp: Path) -> None:
     headers = {n.strip().lower(): v.strip() for n, _, v in (x.partition(":") for x in lines[1:])}
     digest = hashlib.sha256(body).hexdigest()
     now = time.time_ns() // 1_000_000
-    assert verify(secret, headers["x-broker-timestamp"], headers["x-broker-signature"], method,
-                  target, digest, now)  # fmt: skip
+    assert verify(
+        secret,
+        headers["x-broker-timestamp"],
+        headers["x-broker-signature"],
+        method,
+        target,
+        digest,
+        now,
+    )
 
 
 def test_client_commands_do_not_load_the_server_stack(shared_broker: BrokerProcess) -> None:
@@ -195,8 +247,9 @@ def test_client_commands_do_not_load_the_server_stack(shared_broker: BrokerProce
         "{'fastapi', 'uvicorn', 'starlette', 'prometheus_client', 'pydantic_settings'})\n"
         "print(code, loaded)\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            check=False)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=False
+    )
     assert result.stdout.splitlines()[-1] == "0 []", result
 
 
@@ -207,26 +260,37 @@ def test_lease_and_release(shared_broker: BrokerProcess, ns: str) -> None:
     assert ok(cli("lease", pool, "--ttl", "60000", socket=sock)) == "0\n"
     assert ok(cli("lease", pool, "--ttl", "60000", socket=sock)) == "0\n"
     assert ok(cli("lease", pool, "--worker", "w1", "--ttl", "60000", socket=sock)) == "1\n"
-    whole = orjson.loads(ok(cli("lease", pool, "--worker", "w2", "--ttl", "60000", "--json",
-                                socket=sock)))  # fmt: skip
+    whole = orjson.loads(
+        ok(cli("lease", pool, "--worker", "w2", "--ttl", "60000", "--json", socket=sock))
+    )
     assert (whole["value"], whole["worker_id"]) == (2, "w2")
     assert set(whole) == {"pool", "worker_id", "value", "token", "expires_at", "ttl_ms"}
-    failed(cli("lease", pool, "--worker", "w3", "--size", "3", "--ttl", "60000", socket=sock),
-           1, f"pool '{pool}' has no free value below --size 3")  # fmt: skip
+    failed(
+        cli("lease", pool, "--worker", "w3", "--size", "3", "--ttl", "60000", socket=sock),
+        1,
+        f"pool '{pool}' has no free value below --size 3",
+    )
     assert ok(cli("release", pool, socket=sock)) == "true\n"
     assert ok(cli("release", pool, socket=sock)) == "false\n"
     ok(cli("lease", ns + "other", "--worker", "w1", "--ttl", "60000", socket=sock))
     assert ok(cli("release", "--all", "--worker", "w1", socket=sock)) == "2\n"
-    failed(cli("lease", "bad pool", "--ttl", "1000", socket=sock), 2,
-           "pool 'bad pool' contains the character ' '")  # fmt: skip
+    failed(
+        cli("lease", "bad pool", "--ttl", "1000", socket=sock),
+        2,
+        "pool 'bad pool' contains the character ' '",
+    )
 
 
 def test_get_wait(shared_broker: BrokerProcess, ns: str) -> None:
     sock = shared_broker.socket
     env = {**os.environ, "EPHEMERAL_PIPE": str(sock)}
-    waiter = subprocess.Popen([EXE, "get", ns + "late", "--wait", "60000"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env)  # fmt: skip
+    waiter = subprocess.Popen(
+        [EXE, "get", ns + "late", "--wait", "60000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         time.sleep(0.5)  # let it start waiting (it also works if the key comes first)
         ok(cli("set", ns + "late", "arrived", "--ttl", "60000", socket=sock))
@@ -236,5 +300,8 @@ def test_get_wait(shared_broker: BrokerProcess, ns: str) -> None:
             os.kill(waiter.pid, 9)
             waiter.wait()
     assert (waiter.returncode, out, err) == (0, '"arrived"\n', "")
-    failed(cli("get", ns + "never", "--wait", "200", socket=sock), 1,
-           f"key '{ns}never' did not appear within --wait 200 ms")  # fmt: skip
+    failed(
+        cli("get", ns + "never", "--wait", "200", socket=sock),
+        1,
+        f"key '{ns}never' did not appear within --wait 200 ms",
+    )

@@ -71,8 +71,11 @@ def test_each_script_is_named_as_it_was_called(shared_broker: BrokerProcess, ns:
     # `python -m ephemeral_broker` has no script name of its own: the package's name stands.
     module = subprocess.run(
         [sys.executable, "-m", "ephemeral_broker", "--help"],
-        capture_output=True, text=True, check=False, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert module.stdout.startswith("usage: ephemeral-broker [-h]"), module
 
 
@@ -209,8 +212,10 @@ def test_renew_keeps_value_and_token_and_restarts_the_ttl(
         ok(run("renew", pool, "--worker", "w1", "--ttl", "600000", "--json", socket=sock))
     )
     assert renewed == {
-        **granted, "ttl_ms": 600_000, "expires_at": renewed["expires_at"],
-    }  # fmt: skip
+        **granted,
+        "ttl_ms": 600_000,
+        "expires_at": renewed["expires_at"],
+    }
     assert renewed["expires_at"] >= granted["expires_at"] + 540_000
     # Plain output: the value, as `lease` prints it.
     assert ok(run("renew", pool, "--worker", "w1", socket=sock)) == f"{granted['value']}\n"
@@ -267,14 +272,14 @@ def test_set_if_version_replaces_only_the_version_it_names(
 def test_set_if_version_failures(shared_broker: BrokerProcess, ns: str) -> None:
     sock = shared_broker.socket
     absent = ns + "absent"
-    assert error_line(run("set", absent, "v", "--if-version", "3", "--ttl", "1000", socket=sock),
-                      1) == (
+    assert error_line(
+        run("set", absent, "v", "--if-version", "3", "--ttl", "1000", socket=sock), 1
+    ) == (
         f"epb: key '{absent}' does not exist (any more), so it is not at version 3: nothing "
         "was set; create it without --if-version"
-    )  # fmt: skip
+    )
     assert error_line(run("get", absent, socket=sock), 1)  # and nothing was created
-    both = run("set", absent, "v", "--if-version", "3", "--if-absent", "--ttl", "1000",
-               socket=sock)  # fmt: skip
+    both = run("set", absent, "v", "--if-version", "3", "--if-absent", "--ttl", "1000", socket=sock)
     assert error_line(both, 2) == (
         f"epb: set '{absent}': --if-absent and --if-version exclude each other: a key that must "
         "not exist cannot be at a version"
@@ -295,12 +300,18 @@ def test_set_if_absent_says_the_key_exists(shared_broker: BrokerProcess, ns: str
 @pytest.mark.parametrize("program", ["epb", "ephemeral-broker"])
 def test_no_socket_is_a_usage_error_under_either_name(program: str) -> None:
     environment = {k: v for k, v in os.environ.items() if k != "EPHEMERAL_PIPE"}
-    result = subprocess.run([str(BIN_DIR / program), "touch", "k", "--ttl", "5"],
-                            capture_output=True, text=True, env=environment, check=False,
-                            timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [str(BIN_DIR / program), "touch", "k", "--ttl", "5"],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+        timeout=60,
+    )
     assert (result.returncode, result.stderr) == (
-        2, f"{program}: touch 'k': no broker socket: pass --socket PATH or set EPHEMERAL_PIPE\n"
-    )  # fmt: skip
+        2,
+        f"{program}: touch 'k': no broker socket: pass --socket PATH or set EPHEMERAL_PIPE\n",
+    )
 
 
 def test_renew_uses_the_brokers_lease_ttl_by_default(start_broker: BrokerFactory) -> None:

@@ -248,9 +248,17 @@ def test_ctrl_c_at_a_terminal_reaches_the_child_once(short_tmp: Path) -> None:
     child runs again merge into one, so the child's count alone cannot show a duplicate:
     `run`'s debug log says what it did with the signal.)"""
     argv = [
-        BROKER_EXE, "run", "--log-level", "debug", "--",
-        PYTHON, "-S", "-c", SIGNAL_COUNTING_CHILD, "SIGINT",
-    ]  # fmt: skip
+        BROKER_EXE,
+        "run",
+        "--log-level",
+        "debug",
+        "--",
+        PYTHON,
+        "-S",
+        "-c",
+        SIGNAL_COUNTING_CHILD,
+        "SIGINT",
+    ]
     env = {**os.environ, "TMPDIR": str(short_tmp)}
     pid, terminal = pty.fork()
     if pid == 0:  # the child: `run` as the session leader of a new terminal
@@ -377,12 +385,21 @@ def test_signal_while_draining_after_the_command_ended_stops_at_once(short_tmp: 
     stderr_path = short_tmp / "run.stderr"
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
-            [BROKER_EXE, "run", "--drain-timeout", "60000", "--",
-             PYTHON, "-S", "-c", LEAVES_A_REQUEST_IN_FLIGHT],
+            [
+                BROKER_EXE,
+                "run",
+                "--drain-timeout",
+                "60000",
+                "--",
+                PYTHON,
+                "-S",
+                "-c",
+                LEAVES_A_REQUEST_IN_FLIGHT,
+            ],
             stderr=stderr,
             env={**os.environ, "TMPDIR": str(short_tmp)},
             start_new_session=True,  # its own process group: the grandchild is ended with it
-        )  # fmt: skip
+        )
     try:
         deadline = time.monotonic() + 30
         while "shutting down" not in stderr_path.read_text():

@@ -66,9 +66,14 @@ def test_auth_failed_without_the_secret_or_with_a_wrong_one(
 def test_the_cli_signs_with_ephemeral_secret(guarded: BrokerProcess) -> None:
     def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         environment = {**os.environ, "EPHEMERAL_PIPE": str(guarded.socket), **env}
-        return subprocess.run([str(Path(BIN_DIR) / "ephemeral-broker"), *args],
-                              capture_output=True, text=True, env=environment, timeout=60,
-                              check=False)  # fmt: skip
+        return subprocess.run(
+            [str(Path(BIN_DIR) / "ephemeral-broker"), *args],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=60,
+            check=False,
+        )
 
     signed = cli("set", "k", "v", "--ttl", "60000", EPHEMERAL_SECRET=SECRET)
     assert (signed.returncode, signed.stderr) == (0, "")

@@ -252,8 +252,11 @@ def test_errors_pickle_with_their_attributes() -> None:
     copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own bytes
     assert type(copy) is KeyNotFound
     assert (copy.code, copy.detail, copy.status, copy.request_id) == (
-        "not_found", "key 'a' does not exist", 404, "r1"
-    )  # fmt: skip
+        "not_found",
+        "key 'a' does not exist",
+        404,
+        "r1",
+    )
     assert isinstance(copy, BrokerError)
 
 
@@ -271,8 +274,14 @@ def test_both_clients_have_the_same_methods_with_the_same_signatures() -> None:
         assert [*signature.parameters] == [*asynchronous[name].parameters], name
         assert getattr(BrokerClient, name).__doc__, name
         assert getattr(AsyncBrokerClient, name).__doc__, name
-    assert [*sync["set"].parameters] == ["self", "key", "value", "ttl_ms", "if_absent",
-                                         "if_version"]  # fmt: skip
+    assert [*sync["set"].parameters] == [
+        "self",
+        "key",
+        "value",
+        "ttl_ms",
+        "if_absent",
+        "if_version",
+    ]
     assert sync["set"].return_annotation == "int"
     assert inspect.iscoroutinefunction(AsyncBrokerClient.set)
 
@@ -300,6 +309,7 @@ def test_importing_the_client_does_not_load_asyncio() -> None:
     import sys
 
     probe = "import sys, client; print('asyncio' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                            check=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
     assert result.stdout == "False\n"

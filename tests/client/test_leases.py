@@ -191,8 +191,10 @@ def test_keepalive_reports_a_lost_lease_instead_of_reacquiring(
     shared_broker: BrokerProcess, clients: Clients, ns: str
 ) -> None:
     b = clients.open(shared_broker.socket)
-    with pytest.raises(LeaseNotFound) as caught, b.lease(ns + "p", "w", ttl_ms=300,
-                                                           keepalive=True) as lease:  # fmt: skip
+    with (
+        pytest.raises(LeaseNotFound) as caught,
+        b.lease(ns + "p", "w", ttl_ms=300, keepalive=True) as lease,
+    ):
         b.release(ns + "p", "w")  # someone ends it behind the keepalive's back
         deadline = time.monotonic() + 5
         while lease.lost is None and time.monotonic() < deadline:

@@ -117,8 +117,11 @@ def _run_workers(
     ]
     try:
         if mode == "kill-first":
-            wait_until(lambda: log.exists() and log.read_text().startswith("started"), 60,
-                       "the first winner to start its factory")  # fmt: skip
+            wait_until(
+                lambda: log.exists() and log.read_text().startswith("started"),
+                60,
+                "the first winner to start its factory",
+            )
             winner = int(log.read_text().split()[1])
             os.kill(winner, signal.SIGKILL)
         results = []

@@ -66,8 +66,15 @@ def test_every_request_is_signed_over_the_target_and_body_as_sent(
         method, target, headers, body = _parse(raw)
         targets.append(target)
         digest = hashlib.sha256(body).hexdigest()
-        assert verify(SECRET, headers["x-broker-timestamp"], headers["x-broker-signature"],
-                      method, target, digest, now), raw  # fmt: skip
+        assert verify(
+            SECRET,
+            headers["x-broker-timestamp"],
+            headers["x-broker-signature"],
+            method,
+            target,
+            digest,
+            now,
+        ), raw
         # The canonical string of SPEC section 5, written out by hand.
         canonical = f"{headers['x-broker-timestamp']}\n{method}\n{target}\n{digest}".encode()
         expected = hmac.new(SECRET.encode(), canonical, hashlib.sha256).hexdigest()
@@ -89,9 +96,15 @@ def test_a_wrong_secret_does_not_verify(recorder: RawServer, clients: Clients) -
     b = clients.open(recorder.path, secret="not the secret")
     b.get("k")
     method, target, headers, body = _parse(recorder.requests[0])
-    assert not verify(SECRET, headers["x-broker-timestamp"], headers["x-broker-signature"],
-                      method, target, hashlib.sha256(body).hexdigest(),
-                      time.time_ns() // 1_000_000)  # fmt: skip
+    assert not verify(
+        SECRET,
+        headers["x-broker-timestamp"],
+        headers["x-broker-signature"],
+        method,
+        target,
+        hashlib.sha256(body).hexdigest(),
+        time.time_ns() // 1_000_000,
+    )
 
 
 def test_the_secret_defaults_to_ephemeral_secret(
@@ -102,9 +115,15 @@ def test_the_secret_defaults_to_ephemeral_secret(
     assert "signed" in repr(b) and SECRET not in repr(b)
     b.get("k")
     method, target, headers, body = _parse(recorder.requests[0])
-    assert verify(SECRET, headers["x-broker-timestamp"], headers["x-broker-signature"],
-                  method, target, hashlib.sha256(body).hexdigest(),
-                  time.time_ns() // 1_000_000)  # fmt: skip
+    assert verify(
+        SECRET,
+        headers["x-broker-timestamp"],
+        headers["x-broker-signature"],
+        method,
+        target,
+        hashlib.sha256(body).hexdigest(),
+        time.time_ns() // 1_000_000,
+    )
 
 
 def test_without_a_secret_nothing_is_signed(recorder: RawServer, clients: Clients) -> None:
@@ -119,9 +138,13 @@ def test_a_401_problem_is_auth_failed(short_tmp: Path, clients: Clients) -> None
     """The broker's refusal, as its auth layer sends it: problem+json with a challenge, and
     the connection closed after it."""
     body = problem_body("auth_failed", "no credential: send a signature", "rid-401")
-    refusal = http_answer(401, body, PROBLEM_CONTENT_TYPE,
-                          'www-authenticate: Bearer realm="ephemeral-broker"',
-                          "connection: close")  # fmt: skip
+    refusal = http_answer(
+        401,
+        body,
+        PROBLEM_CONTENT_TYPE,
+        'www-authenticate: Bearer realm="ephemeral-broker"',
+        "connection: close",
+    )
     server = RawServer(short_tmp / "guarded.sock", lambda _: refusal)
     try:
         b = clients.open(server.path)

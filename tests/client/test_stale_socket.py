@@ -64,8 +64,11 @@ def test_the_cli_names_a_stale_socket(short_tmp: Path) -> None:
     path = stale_socket(short_tmp / "broker.sock")
     result = subprocess.run(
         [BROKER_EXE, "ping", "--socket", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 3
     assert f"no broker is listening on {path}: stale socket?" in result.stderr
     assert result.stderr.count("\n") == 1

@@ -233,8 +233,9 @@ def test_a_response_to_head_has_no_body(serve: Callable[[Handler], ScriptServer]
     assert client.get("/x").json() == {"pong": 1}  # on a new connection, in step
 
     async def main() -> None:
-        client = httpx.AsyncClient(transport=AsyncUnixTransport(server.path),
-                                   base_url="http://localhost")  # fmt: skip
+        client = httpx.AsyncClient(
+            transport=AsyncUnixTransport(server.path), base_url="http://localhost"
+        )
         assert (await client.head("/x")).content == b""
         assert (await client.get("/x")).json() == {"pong": 1}
 

@@ -282,8 +282,16 @@ def build_context(into: Path) -> Path:
     # async-timeout: redis-py needs it on Python before 3.11.3 (a Debian bookworm base has
     # 3.11.2), which a download resolved on this newer interpreter leaves out (the Makefile's
     # OLD_PYTHON_ONLY).
-    pip_run("download", "--dest", str(wheels), "--only-binary=:all:",
-            "--constraint", str(ROOT / "constraints.txt"), str(wheel), "async-timeout")  # fmt: skip
+    pip_run(
+        "download",
+        "--dest",
+        str(wheels),
+        "--only-binary=:all:",
+        "--constraint",
+        str(ROOT / "constraints.txt"),
+        str(wheel),
+        "async-timeout",
+    )
     return into
 
 
@@ -306,8 +314,18 @@ def sidecar_image(tmp_path: Path) -> Iterator[str]:
     # Docker's classic builder keeps the first stage as an untagged image: the ones this build
     # leaves are removed with the image (images that were there before are left alone).
     dangling_before = set(dangling_images())
-    docker("build", "--network", "none", "--quiet", "--build-arg", f"BASE_IMAGE={base}",
-           "--tag", tag, str(context), timeout=600)  # fmt: skip
+    docker(
+        "build",
+        "--network",
+        "none",
+        "--quiet",
+        "--build-arg",
+        f"BASE_IMAGE={base}",
+        "--tag",
+        tag,
+        str(context),
+        timeout=600,
+    )
     left_by_build = [i for i in dangling_images() if i not in dangling_before]
     try:
         yield tag
@@ -382,19 +400,32 @@ def test_sidecar_image_serves_another_container_through_a_volume_and_drains_on_s
     mount = f"{volume}:{SOCKET_DIR}"
     # --read-only, as the examples run it: the broker writes nothing but its socket.
     broker = containers.start(
-        "--read-only", "--volume", mount, "--env", f"BROKER_DRAIN_TIMEOUT={DRAIN_TIMEOUT_MS}",
-        "--env", f"BROKER_METRICS_LISTEN={METRICS_LISTEN}", image,
-    )  # fmt: skip
+        "--read-only",
+        "--volume",
+        mount,
+        "--env",
+        f"BROKER_DRAIN_TIMEOUT={DRAIN_TIMEOUT_MS}",
+        "--env",
+        f"BROKER_METRICS_LISTEN={METRICS_LISTEN}",
+        image,
+    )
 
     # A user's test container: the same image, as uid 10001, the socket through the volume.
     # The client waits for a socket that is not there yet (the broker may still be starting).
     session = containers.run(
-        "--read-only", "--volume", mount, "--user", f"{UID}:{UID}",
-        "--entrypoint", "sh", image, "-c",
+        "--read-only",
+        "--volume",
+        mount,
+        "--user",
+        f"{UID}:{UID}",
+        "--entrypoint",
+        "sh",
+        image,
+        "-c",
         "set -e; epb ping --timeout 30; epb set greeting hello --ttl 60000; epb get greeting;"
         " epb lease slots --worker w1 --size 2; epb lease slots --worker w2 --size 2;"
         " epb release slots --worker w1",
-    )  # fmt: skip
+    )
     assert session.returncode == 0, session.stderr
     lines = session.stdout.splitlines()
     assert lines[0].startswith("pong ")
@@ -404,8 +435,18 @@ def test_sidecar_image_serves_another_container_through_a_volume_and_drains_on_s
     # The metrics port, from inside the broker's container (it has no network but loopback):
     # Prometheus' text with the key just set, the probes, and no key route.
     answers = {}
-    probe = docker("exec", broker, "python", "-I", "-c", METRICS_PROBE,
-                   "/metrics", "/healthz", "/readyz", "/v1/keys/greeting").stdout  # fmt: skip
+    probe = docker(
+        "exec",
+        broker,
+        "python",
+        "-I",
+        "-c",
+        METRICS_PROBE,
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/v1/keys/greeting",
+    ).stdout
     for line in probe.splitlines():
         answer = json.loads(line)
         answers[answer["path"]] = (answer["status"], answer["body"])
@@ -426,9 +467,18 @@ def test_sidecar_image_serves_another_container_through_a_volume_and_drains_on_s
 
     # A read waiting for a key nobody sets yet: the drain ends it with 503 draining.
     waiter = containers.start(
-        "--volume", mount, "--user", f"{UID}:{UID}", image,
-        "get", "never-set", "--wait", "60000", "--timeout", "90",
-    )  # fmt: skip
+        "--volume",
+        mount,
+        "--user",
+        f"{UID}:{UID}",
+        image,
+        "get",
+        "never-set",
+        "--wait",
+        "60000",
+        "--timeout",
+        "90",
+    )
 
     def in_flight() -> int:
         health = json.loads(docker("exec", broker, "epb", "health").stdout)
@@ -452,7 +502,8 @@ def test_sidecar_image_serves_another_container_through_a_volume_and_drains_on_s
     # The socket is gone from the volume, and the health check says so in one line.
     after = containers.run("--volume", mount, "--entrypoint", "ls", image, "-A", SOCKET_DIR)
     assert (after.returncode, after.stdout) == (0, ""), after
-    check = containers.run("--volume", mount, "--entrypoint", "python", image,
-                           *healthcheck_command()[1:])  # fmt: skip
+    check = containers.run(
+        "--volume", mount, "--entrypoint", "python", image, *healthcheck_command()[1:]
+    )
     assert check.returncode == 1
     assert check.stdout == f"unhealthy: no broker answers on {SOCKET}: No such file or directory\n"

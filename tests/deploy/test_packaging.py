@@ -33,16 +33,33 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = tmp_path_factory.mktemp("source")
     for name in SOURCES:
         if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, source / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))  # fmt: skip
+            shutil.copytree(
+                ROOT / name,
+                source / name,
+                ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+            )
         else:
             shutil.copy2(ROOT / name, source / name)
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-build-isolation", "--no-deps",
-         "--no-index", str(source), "--wheel-dir", str(out)],
-        check=True, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-build-isolation",
+            "--no-deps",
+            "--no-index",
+            str(source),
+            "--wheel-dir",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     (built,) = out.glob("ephemeral_broker-*.whl")
     return built
 
@@ -53,16 +70,31 @@ def fresh_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Iterato
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-         "--no-deps", "--no-index", str(wheel)],
-        check=True, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     site = Path(
         subprocess.run(
             [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
-    )  # fmt: skip
+    )
     (site / "borrowed_dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
     yield venv
 
@@ -134,15 +166,34 @@ def test_the_wheel_installs_only_project_unique_import_names(wheel: Path) -> Non
 
 
 def test_a_users_pytest_without_the_plugin_enabled(user_project: Path, fresh_venv: Path) -> None:
-    result = run_in(user_project, fresh_venv, "python", "-m", "pytest", "-p",
-                    "no:cacheprovider", "tests/test_own_packages.py")  # fmt: skip
+    result = run_in(
+        user_project,
+        fresh_venv,
+        "python",
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "tests/test_own_packages.py",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
 
 
 def test_a_users_pytest_with_broker_and_xdist(user_project: Path, fresh_venv: Path) -> None:
-    result = run_in(user_project, fresh_venv, "python", "-m", "pytest", "-p",
-                    "no:cacheprovider", "--broker", "-n", "2", "tests")  # fmt: skip
+    result = run_in(
+        user_project,
+        fresh_venv,
+        "python",
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "--broker",
+        "-n",
+        "2",
+        "tests",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 passed" in result.stdout
 
@@ -150,8 +201,9 @@ def test_a_users_pytest_with_broker_and_xdist(user_project: Path, fresh_venv: Pa
 def test_a_users_script_beside_its_own_client_py_under_run(
     user_project: Path, fresh_venv: Path
 ) -> None:
-    result = run_in(user_project, fresh_venv, "ephemeral-broker", "run", "--", "python",
-                    "scripts/use_broker.py")  # fmt: skip
+    result = run_in(
+        user_project, fresh_venv, "ephemeral-broker", "run", "--", "python", "scripts/use_broker.py"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     value, server_file, client_file = result.stdout.splitlines()
     assert value == "[1, 2]"

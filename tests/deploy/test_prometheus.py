@@ -76,10 +76,16 @@ def test_a_real_prometheus_scrapes_the_metrics_port(
     log = short_tmp / "prometheus.log"
     with log.open("w") as log_file:
         prometheus = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={short_tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{web_port}"],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={short_tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{web_port}",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     try:
         with (
             broker.client(timeout=10) as unix,

@@ -488,9 +488,8 @@ def test_a_broker_that_cannot_start_stops_the_run_with_its_reason(
     bad = pytester.runpytest("--broker", "--broker-start-timeout", "soon")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(
-        ["*--broker-start-timeout (ini: broker_start_timeout) must be a positive float, "
-         "not 'soon'"]
-    )  # fmt: skip
+        ["*--broker-start-timeout (ini: broker_start_timeout) must be a positive float, not 'soon'"]
+    )
 
 
 def test_broker_auth_gives_the_tests_a_fresh_secret_and_the_log_goes_to_the_summary(
@@ -676,9 +675,13 @@ def test_the_plugin_points_its_broker_at_redis_by_option_or_ini(
     )
     namespace = fresh_namespace()
     by_option = pytester.runpytest_subprocess(
-        "--broker", "--broker-store", redis_url, "--broker-namespace", namespace,
+        "--broker",
+        "--broker-store",
+        redis_url,
+        "--broker-namespace",
+        namespace,
         timeout=RUN_TIMEOUT,
-    )  # fmt: skip
+    )
     by_option.assert_outcomes(passed=1)
     pytester.makeini(
         f"[pytest]\nbroker = true\nbroker_store = {redis_url}\nbroker_namespace = {namespace}\n"

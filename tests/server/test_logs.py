@@ -111,11 +111,17 @@ def _exercise_every_endpoint(client: httpx.Client) -> int:
     send("PUT", "/v1/keys/k", json={"value": VALUE, "ttl_ms": 60000, VALUE: 1})  # unknown field
     send("PUT", "/v1/keys/k", json={"value": VALUE, "ttl_ms": VALUE})  # wrong type
     send(
-        "PUT", "/v1/keys/gz",
-        content=gzip.compress(json.dumps(body).encode()), headers={"Content-Encoding": "gzip"},
-    )  # fmt: skip
-    send("PUT", "/v1/keys/gz", content=b"\x1f\x8bnot gzip " + VALUE.encode(),
-         headers={"Content-Encoding": "gzip"})  # fmt: skip
+        "PUT",
+        "/v1/keys/gz",
+        content=gzip.compress(json.dumps(body).encode()),
+        headers={"Content-Encoding": "gzip"},
+    )
+    send(
+        "PUT",
+        "/v1/keys/gz",
+        content=b"\x1f\x8bnot gzip " + VALUE.encode(),
+        headers={"Content-Encoding": "gzip"},
+    )
     # Credentials that are wrong, with the secret inside them.
     for headers in (
         {"Authorization": f"Bearer {SECRET}-almost"},
@@ -144,9 +150,16 @@ def test_no_value_or_secret_is_ever_logged(
     secret_file = short_tmp / "secret"
     secret_file.write_text(SECRET + "\n")
     broker = start_broker(
-        "--log-level", "debug", "--access-log", "--log-format", log_format,
-        "--secret-file", str(secret_file), "--max-value-size", "2048",
-    )  # fmt: skip
+        "--log-level",
+        "debug",
+        "--access-log",
+        "--log-format",
+        log_format,
+        "--secret-file",
+        str(secret_file),
+        "--max-value-size",
+        "2048",
+    )
     with broker.client(timeout=30) as client:
         sent = _exercise_every_endpoint(client)
     assert broker.stop() == 0

@@ -22,15 +22,21 @@ REQUESTS = [
 def reference_exposition(requests: list[tuple[str, str, str | None, float]]) -> str:
     registry = CollectorRegistry(auto_describe=False)
     operations = Counter(
-        f"{PREFIX}_operations", "Requests by operation and result.", ["operation", "result"],
+        f"{PREFIX}_operations",
+        "Requests by operation and result.",
+        ["operation", "result"],
         registry=registry,
-    )  # fmt: skip
-    errors = Counter(f"{PREFIX}_errors", "Error responses by stable code.", ["code"],
-                     registry=registry)  # fmt: skip
+    )
+    errors = Counter(
+        f"{PREFIX}_errors", "Error responses by stable code.", ["code"], registry=registry
+    )
     duration = Histogram(
-        f"{PREFIX}_request_duration_seconds", "Request duration by operation.", ["operation"],
-        buckets=DURATION_BUCKETS, registry=registry,
-    )  # fmt: skip
+        f"{PREFIX}_request_duration_seconds",
+        "Request duration by operation.",
+        ["operation"],
+        buckets=DURATION_BUCKETS,
+        registry=registry,
+    )
     for operation, result, code, seconds in requests:
         operations.labels(operation, result).inc()
         duration.labels(operation).observe(seconds)

@@ -238,11 +238,22 @@ def test_a_broker_that_disagrees_with_its_namespace_refuses_to_start(
     start_broker("--store", redis_url, "--namespace", namespace, "--max-items", "100")
     result = subprocess.run(
         [
-            BROKER_EXE, "serve", "--socket", str(short_tmp / "other.sock"),
-            "--store", redis_url, "--namespace", namespace, "--max-items", "200",
+            BROKER_EXE,
+            "serve",
+            "--socket",
+            str(short_tmp / "other.sock"),
+            "--store",
+            redis_url,
+            "--namespace",
+            namespace,
+            "--max-items",
+            "200",
         ],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 2, result.stderr
     assert "max_items" in result.stderr and "--max-items" in result.stderr
     assert not (short_tmp / "other.sock").exists()
@@ -251,21 +262,35 @@ def test_a_broker_that_disagrees_with_its_namespace_refuses_to_start(
 def test_a_broker_that_cannot_reach_redis_refuses_to_start(short_tmp: Path) -> None:
     result = subprocess.run(
         [
-            BROKER_EXE, "serve", "--socket", str(short_tmp / "b.sock"),
-            "--store", f"unix://{short_tmp}/nothing.sock",
+            BROKER_EXE,
+            "serve",
+            "--socket",
+            str(short_tmp / "b.sock"),
+            "--store",
+            f"unix://{short_tmp}/nothing.sock",
         ],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 2, result.stderr
     assert "cannot use store unix://" in result.stderr
     # A password in the URL is never shown (nothing listens on loopback port 1).
     secret = subprocess.run(
         [
-            BROKER_EXE, "serve", "--socket", str(short_tmp / "b.sock"),
-            "--store", "redis://user:hunter2@127.0.0.1:1/0",
+            BROKER_EXE,
+            "serve",
+            "--socket",
+            str(short_tmp / "b.sock"),
+            "--store",
+            "redis://user:hunter2@127.0.0.1:1/0",
         ],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert secret.returncode == 2, secret.stderr
     assert "redis://***@127.0.0.1:1/0" in secret.stderr and "hunter2" not in secret.stderr
 
@@ -277,8 +302,11 @@ def test_bad_store_and_namespace_settings_are_refused(short_tmp: Path) -> None:
     ):
         result = subprocess.run(
             [BROKER_EXE, "serve", "--socket", str(short_tmp / "b.sock"), *flags],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
         assert result.returncode == 2 and words in result.stderr, result.stderr
 
 
@@ -317,10 +345,23 @@ def test_run_with_a_redis_store_leaves_the_namespace_to_the_other_brokers(
         "    broker.lease('pool', 'run-worker', ttl_ms=60_000)\n"
     )
     result = subprocess.run(
-        [BROKER_EXE, "run", "--store", redis_url, "--namespace", namespace, "--",
-         sys.executable, "-c", script],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        [
+            BROKER_EXE,
+            "run",
+            "--store",
+            redis_url,
+            "--namespace",
+            namespace,
+            "--",
+            sys.executable,
+            "-c",
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     with other.client() as client:
         assert client.get("/v1/keys/made-by-run").json()["value"] == "kept"

@@ -34,15 +34,35 @@ def run_serve(*argv: str, env: dict[str, str] | None = None) -> subprocess.Compl
 def test_defaults_match_the_spec() -> None:
     settings = BrokerSettings()
     assert settings.model_dump() == {
-        "socket": None, "socket_mode": 0o600, "default_ttl": 1_800_000, "require_ttl": True,
-        "max_ttl": 86_400_000, "lease_ttl": 60_000, "max_items": 10_000, "max_leases": 10_000,
-        "max_value_size": 262_144, "max_request_size": 1_048_576, "max_key_length": 512,
-        "sweeper_interval": 1000, "refresh_ttl_on_get": False, "compression_threshold": 1024,
-        "idle_timeout": 0, "heartbeat_interval": 0, "drain_timeout": 5000, "secret": None,
-        "log_level": "info", "log_format": "text", "access_log": False,
-        "keep_alive_timeout": 30_000, "head_timeout": 10_000, "body_timeout": 10_000,
-        "max_connections": 1000, "store": "memory", "namespace": "default", "metrics_listen": None,
-    }  # fmt: skip
+        "socket": None,
+        "socket_mode": 0o600,
+        "default_ttl": 1_800_000,
+        "require_ttl": True,
+        "max_ttl": 86_400_000,
+        "lease_ttl": 60_000,
+        "max_items": 10_000,
+        "max_leases": 10_000,
+        "max_value_size": 262_144,
+        "max_request_size": 1_048_576,
+        "max_key_length": 512,
+        "sweeper_interval": 1000,
+        "refresh_ttl_on_get": False,
+        "compression_threshold": 1024,
+        "idle_timeout": 0,
+        "heartbeat_interval": 0,
+        "drain_timeout": 5000,
+        "secret": None,
+        "log_level": "info",
+        "log_format": "text",
+        "access_log": False,
+        "keep_alive_timeout": 30_000,
+        "head_timeout": 10_000,
+        "body_timeout": 10_000,
+        "max_connections": 1000,
+        "store": "memory",
+        "namespace": "default",
+        "metrics_listen": None,
+    }
 
 
 def test_every_setting_has_a_flag() -> None:

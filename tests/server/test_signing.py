@@ -34,9 +34,14 @@ def test_verify_accepts_a_fresh_signature_within_the_window() -> None:
     digest = hashlib.sha256(b"").hexdigest()
     for skew in (-30_000, 0, 30_000):
         assert verify(
-            SECRET, headers["X-Broker-Timestamp"], headers["X-Broker-Signature"], "GET",
-            "/v1/ping", digest, NOW + skew,
-        )  # fmt: skip
+            SECRET,
+            headers["X-Broker-Timestamp"],
+            headers["X-Broker-Signature"],
+            "GET",
+            "/v1/ping",
+            digest,
+            NOW + skew,
+        )
 
 
 @pytest.mark.defect(13)

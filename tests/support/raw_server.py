@@ -17,8 +17,12 @@ Responder = Callable[[bytes], bytes | None]
 def http_answer(
     status: int, body: bytes, content_type: str = "application/json", *extra: str
 ) -> bytes:
-    head = [f"HTTP/1.1 {status} X", f"content-type: {content_type}",
-            f"content-length: {len(body)}", *extra]  # fmt: skip
+    head = [
+        f"HTTP/1.1 {status} X",
+        f"content-type: {content_type}",
+        f"content-length: {len(body)}",
+        *extra,
+    ]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 

@@ -50,17 +50,24 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 self.exe,
-                "--port", "0",
-                "--unixsocket", str(self.socket),
-                "--unixsocketperm", "700",
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(self.directory),
-                "--loglevel", "warning",
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--loglevel",
+                "warning",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-        )  # fmt: skip
+        )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not self._answers_ping():
             if self.proc.poll() is not None:

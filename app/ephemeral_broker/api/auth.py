@@ -122,11 +122,12 @@ class Authenticator:
         )
         if not valid:
             await self._refuse(
-                scope, send,
+                scope,
+                send,
                 f"{SIGNATURE_HEADER} does not match this request (method, target and body) "
                 "signed with the broker's secret",
                 body_unread=False,
-            )  # fmt: skip
+            )
             return None
         return _Replay(body, receive) if has_body else receive
 

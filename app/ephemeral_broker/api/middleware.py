@@ -157,9 +157,10 @@ class BrokerMiddleware:
             # 3. The drain gate.
             if runtime.draining and not probe:
                 await send_problem(
-                    scope, send_wrapper,
+                    scope,
+                    send_wrapper,
                     BrokerError("draining", "the broker is shutting down; retry on a new broker"),
-                )  # fmt: skip
+                )
                 return
             # 4. Auth sees the body as sent on the wire, which a signature covers.
             length = found.get(b"content-length")
@@ -235,13 +236,14 @@ class BrokerMiddleware:
             if not runtime.draining or response_started:
                 raise
             await send_problem(
-                scope, send_wrapper,
+                scope,
+                send_wrapper,
                 BrokerError(
                     "draining",
                     "the broker shut down before this request completed (drain_timeout passed)",
                     headers={"Connection": "close"},
                 ),
-            )  # fmt: skip
+            )
         except Exception:
             # A bug. The body names nothing; the log has the traceback and the request id.
             logger.exception(
@@ -250,9 +252,10 @@ class BrokerMiddleware:
             )
             if not response_started:
                 await send_problem(
-                    scope, send_wrapper,
+                    scope,
+                    send_wrapper,
                     BrokerError("internal_error", f"internal error; see the broker log for {rid}"),
-                )  # fmt: skip
+                )
         finally:
             runtime.in_flight -= 1
             ended = time.monotonic()

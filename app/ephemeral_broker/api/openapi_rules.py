@@ -28,16 +28,19 @@ NAME_PATTERN: Final = r"^[^/\s\x00-\x1f\x7f-\x9f]+$"
 PREFIX_PATTERN: Final = r"^[^/\s\x00-\x1f\x7f-\x9f]*$"
 # Empty is allowed: an empty header is the same as none (an empty list of entity tags).
 ETAG_LIST_PATTERN: Final = r'^(|\*|(W/)?"[0-9]{1,20}"([ \t]*,[ \t]*(W/)?"[0-9]{1,20}")*)$'
-_NAME_PARAMS: Final = frozenset({("path", "key"), ("path", "pool"), ("path", "worker_id"),
-                                  ("query", "worker_id")})  # fmt: skip
+_NAME_PARAMS: Final = frozenset(
+    {("path", "key"), ("path", "pool"), ("path", "worker_id"), ("query", "worker_id")}
+)
 _PROBES: Final = frozenset({"/healthz", "/readyz"})
 _PROBLEM: Final = {PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/ProblemDetail"}}}
 _HEADER_DOCS: Final = {
     "ETag": ('`"<version>"` of the key as it is now.', {"type": "string", "pattern": '^"[0-9]+"$'}),
     "Retry-After": ("Seconds after which to try again.", {"type": "integer", "minimum": 0}),
-    "X-Request-ID": ("The request's own id when it sent a valid one, else a new one.",
-                     {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"}),
-}  # fmt: skip
+    "X-Request-ID": (
+        "The request's own id when it sent a valid one, else a new one.",
+        {"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,128}$"},
+    ),
+}
 # Answers any operation may get before its route runs, by status: the codes they carry.
 _BEFORE_ROUTE: Final = {
     "400": ["bad_request"],
@@ -90,8 +93,10 @@ def _problem_response(codes: list[str], existing: dict[str, Any] | None) -> dict
         if new:
             existing["description"] = described + (", " if described else "") + ", ".join(new)
         return existing
-    return {"description": "Problem details; `code` is one of: " + ", ".join(codes),
-            "content": _PROBLEM}  # fmt: skip
+    return {
+        "description": "Problem details; `code` is one of: " + ", ".join(codes),
+        "content": _PROBLEM,
+    }
 
 
 UINT64_MAX: Final = 2**64 - 1
@@ -263,8 +268,11 @@ def _operation_rules(
         elif (where, name) == ("query", "prefix"):
             parameter["schema"] = _name_schema(max_key_length, prefix=True) | {"title": name}
         elif where == "header" and name in ("if-match", "if-none-match"):
-            parameter["schema"] = {"type": "string", "pattern": ETAG_LIST_PATTERN,
-                                   "description": parameter.get("description", "")}  # fmt: skip
+            parameter["schema"] = {
+                "type": "string",
+                "pattern": ETAG_LIST_PATTERN,
+                "description": parameter.get("description", ""),
+            }
         elif (where, name) == ("query", "after_version"):
             _bound(parameter["schema"], 0, INT64_MAX)
         elif (where, name) == ("query", "token"):

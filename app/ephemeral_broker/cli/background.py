@@ -64,20 +64,26 @@ def add_background_commands(commands: Any) -> None:
     )
     add_settings_arguments(start)
     start.add_argument(
-        "--auth", action="store_true",
+        "--auth",
+        action="store_true",
         help=f"turn auth on with a fresh random secret, printed as {SECRET_VARIABLE}",
-    )  # fmt: skip
+    )
     _format_option(start)
     start.add_argument(
-        "--log-file", metavar="PATH", type=Path,
+        "--log-file",
+        metavar="PATH",
+        type=Path,
         help="append the broker's log lines to this file (default: they are discarded once "
         "it is ready; logs never contain values or secrets)",
-    )  # fmt: skip
+    )
     start.add_argument(
-        "--start-timeout", metavar="SECONDS", type=float, default=DEFAULT_START_TIMEOUT_S,
+        "--start-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=DEFAULT_START_TIMEOUT_S,
         help=f"give up if the broker is not ready within this long [default: "
         f"{DEFAULT_START_TIMEOUT_S:g}]",
-    )  # fmt: skip
+    )
     start.set_defaults(handler=cmd_start, start_parser=start)
 
     stop: argparse.ArgumentParser = commands.add_parser(
@@ -92,19 +98,24 @@ def add_background_commands(commands: Any) -> None:
         "--socket", metavar="PATH", help=f"the broker's socket [default: ${PIPE_VARIABLE}]"
     )
     stop.add_argument(
-        "--timeout", metavar="SECONDS", type=float, default=DEFAULT_STOP_TIMEOUT_S,
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=DEFAULT_STOP_TIMEOUT_S,
         help="how long to wait for the drain before stopping it at once [default: "
         f"{DEFAULT_STOP_TIMEOUT_S:g}]",
-    )  # fmt: skip
+    )
     _format_option(stop)
     stop.set_defaults(handler=cmd_stop)
 
 
 def _format_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--format", choices=FORMATS, default="sh",
+        "--format",
+        choices=FORMATS,
+        default="sh",
         help="sh: commands for eval; github: NAME=VALUE lines for $GITHUB_ENV; json [default: sh]",
-    )  # fmt: skip
+    )
 
 
 # ---- start ---------------------------------------------------------------------------------
@@ -130,8 +141,10 @@ def cmd_start(args: argparse.Namespace) -> int:
         try:  # checked here: once the broker is ready, nobody would see this error
             log_fd = os.open(log_target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
-            print(f"{PROG}: start: cannot open --log-file {log_target}: {exc.strerror}",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"{PROG}: start: cannot open --log-file {log_target}: {exc.strerror}",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
         log_offset = os.lseek(log_fd, 0, os.SEEK_END)
     argv = [sys.executable, "-P", "-m", "ephemeral_broker", "serve"]
@@ -234,8 +247,9 @@ def _start_failed(proc: subprocess.Popen[bytes], stderr: bytes, timeout: float) 
         print(f"{PROG}: start: the broker was not ready within {timeout:g} s", file=sys.stderr)
         return EXIT_UNREACHABLE
     # The broker's own start-up error (one line, exit 2) is what the user needs to read.
-    print(text or f"{PROG}: start: the broker exited with {code} before it was ready",
-          file=sys.stderr)  # fmt: skip
+    print(
+        text or f"{PROG}: start: the broker exited with {code} before it was ready", file=sys.stderr
+    )
     return code if code in (EXIT_USAGE, EXIT_FAILED) else EXIT_UNREACHABLE
 
 
@@ -276,8 +290,10 @@ def detach_after_ready(log_target: str) -> None:
 def cmd_stop(args: argparse.Namespace) -> int:
     pid = args.pid if args.pid is not None else _pid_from_environment()
     if pid is None:
-        print(f"{PROG}: stop: no broker pid: pass --pid or set {PID_VARIABLE} (start prints it)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"{PROG}: stop: no broker pid: pass --pid or set {PID_VARIABLE} (start prints it)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     if args.timeout <= 0:
         print(f"{PROG}: stop: --timeout must be a positive number of seconds", file=sys.stderr)
@@ -286,12 +302,17 @@ def cmd_stop(args: argparse.Namespace) -> int:
     socket_path = Path(socket_text) if socket_text else None
     command_line = _command_line(pid)
     if command_line is None:
-        print(f"{PROG}: stop: no process with pid {pid}: the broker has already stopped",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"{PROG}: stop: no process with pid {pid}: the broker has already stopped",
+            file=sys.stderr,
+        )
     elif not _is_broker(command_line):
         shown = " ".join(command_line)[:200]
-        print(f"{PROG}: stop: pid {pid} is not an ephemeral-broker ({shown!r}); "
-              "nothing was signalled", file=sys.stderr)  # fmt: skip
+        print(
+            f"{PROG}: stop: pid {pid} is not an ephemeral-broker ({shown!r}); "
+            "nothing was signalled",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     else:
         _end(pid, args.timeout)
@@ -358,8 +379,10 @@ def _end(pid: int, timeout: float) -> None:
     if _wait_gone(pid, timeout):
         return
     # A second signal ends the drain at once; the broker still removes its socket.
-    print(f"{PROG}: stop: broker {pid} still draining after {timeout:g} s; stopping it at once",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"{PROG}: stop: broker {pid} still draining after {timeout:g} s; stopping it at once",
+        file=sys.stderr,
+    )
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     if _wait_gone(pid, _FORCED_EXIT_WAIT_S):

@@ -72,9 +72,13 @@ def _get(broker: BrokerClient, args: argparse.Namespace) -> bytes | str:
     item = broker.get_item(args.key, wait_ms=args.wait)
     if args.json:
         return _json(
-            {"key": item.key, "value": item.value, "version": item.version,
-             "expires_at": item.expires_at}
-        )  # fmt: skip
+            {
+                "key": item.key,
+                "value": item.value,
+                "version": item.version,
+                "expires_at": item.expires_at,
+            }
+        )
     # JSON by default: printed raw, the string "5" and the number 5 would look the same, and
     # a script could not tell which one `incr` will refuse.
     return item.value if args.raw and isinstance(item.value, str) else _json(item.value)
@@ -93,8 +97,10 @@ def _parse_json_value(text: str, key: str) -> Any:
 
 def _set(broker: BrokerClient, args: argparse.Namespace) -> str:
     if args.if_absent and args.if_version is not None:
-        raise UsageError("--if-absent and --if-version exclude each other: a key that must not "
-                         "exist cannot be at a version")  # fmt: skip
+        raise UsageError(
+            "--if-absent and --if-version exclude each other: a key that must not "
+            "exist cannot be at a version"
+        )
     value = _parse_json_value(args.value, args.key) if args.json_value else args.value
     return str(
         broker.set(args.key, value, args.ttl, if_absent=args.if_absent, if_version=args.if_version)
@@ -109,9 +115,11 @@ def _list(broker: BrokerClient, args: argparse.Namespace) -> bytes | str | None:
     infos = broker.list(args.prefix, limit=args.limit)
     if args.json:
         return _json(
-            [{"key": i.key, "version": i.version, "expires_at": i.expires_at, "size": i.size}
-             for i in infos]
-        )  # fmt: skip
+            [
+                {"key": i.key, "version": i.version, "expires_at": i.expires_at, "size": i.size}
+                for i in infos
+            ]
+        )
     return "\n".join(info.key for info in infos) if infos else None
 
 
@@ -126,9 +134,15 @@ def _touch(broker: BrokerClient, args: argparse.Namespace) -> str:
 def _grant_output(grant: Lease | LeaseGrant, args: argparse.Namespace) -> bytes | str:
     if args.json:
         return _json(
-            {"pool": grant.pool, "worker_id": grant.worker_id, "value": grant.value,
-             "token": grant.token, "expires_at": grant.expires_at, "ttl_ms": grant.ttl_ms}
-        )  # fmt: skip
+            {
+                "pool": grant.pool,
+                "worker_id": grant.worker_id,
+                "value": grant.value,
+                "token": grant.token,
+                "expires_at": grant.expires_at,
+                "ttl_ms": grant.ttl_ms,
+            }
+        )
     return str(grant.value)
 
 
@@ -146,8 +160,9 @@ def _renew(broker: BrokerClient, args: argparse.Namespace) -> bytes | str:
 def _release(broker: BrokerClient, args: argparse.Namespace) -> bytes | str:
     if args.all:
         if args.pool is not None:
-            raise UsageError("release --all takes no POOL: it releases the worker's leases "
-                             "in every pool")  # fmt: skip
+            raise UsageError(
+                "release --all takes no POOL: it releases the worker's leases in every pool"
+            )
         return str(broker.release_all(args.worker_id))
     if args.pool is None:
         raise UsageError("release needs a POOL, or --all")
@@ -234,9 +249,14 @@ def _describe(
         return (True, item.value, item.version)
 
     failure = Failure(
-        error.code, error.detail, error.request_id, args, PROG, socket,
+        error.code,
+        error.detail,
+        error.request_id,
+        args,
+        PROG,
+        socket,
         secret_set=bool(os.environ.get("EPHEMERAL_SECRET")),
-    )  # fmt: skip
+    )
     return describe(failure, lookup)
 
 
@@ -332,9 +352,22 @@ def _version(text: str) -> int:
 
 # The client commands' names, known without building their parsers (cli.py's dispatch).
 CLIENT_COMMANDS: Final = frozenset(
-    {"get", "set", "del", "list", "incr", "touch", "lease", "renew", "release", "ping", "health",
-     "stats", "metrics"}
-)  # fmt: skip
+    {
+        "get",
+        "set",
+        "del",
+        "list",
+        "incr",
+        "touch",
+        "lease",
+        "renew",
+        "release",
+        "ping",
+        "health",
+        "stats",
+        "metrics",
+    }
+)
 
 
 def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -345,15 +378,20 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         "--socket", metavar="PATH", help="the broker's socket [default: $EPHEMERAL_PIPE]"
     )
     group.add_argument(
-        "--timeout", metavar="SECONDS", type=_positive_seconds, default=5.0,
+        "--timeout",
+        metavar="SECONDS",
+        type=_positive_seconds,
+        default=5.0,
         help="give up after this long, connection retries included [default: 5]",
-    )  # fmt: skip
+    )
 
     def command(name: str, action: Action, summary: str) -> argparse.ArgumentParser:
         parser = commands.add_parser(
-            name, parents=[common], help=summary,
+            name,
+            parents=[common],
+            help=summary,
             description=summary + " Reads EPHEMERAL_SECRET when the broker needs auth.",
-        )  # fmt: skip
+        )
         parser.set_defaults(handler=run_client_command, action=action)
         return parser
 
@@ -361,39 +399,45 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
         parser.add_argument("--json", action="store_true", help=f"print {what} as JSON")
 
     get = command(
-        "get", _get,
+        "get",
+        _get,
         'Print a key\'s value as JSON: a string in quotes ("5"), a number or object as it is.',
-    )  # fmt: skip
+    )
     get.add_argument("key", metavar="KEY")
     get.add_argument(
         "--wait", metavar="MS", type=_int64, help="wait up to MS for the key to appear"
     )
     get.add_argument(
-        "--raw", action="store_true",
+        "--raw",
+        action="store_true",
         help="print a string value as it is, without quotes or escapes (other values print "
         "as JSON anyway)",
-    )  # fmt: skip
+    )
     json_flag(get, "the whole answer (key, value, version, expires_at)")
 
     set_ = command(
-        "set", _set,
-        'Set a key; prints its new version. VALUE is stored as a string: `set num 5` stores '
+        "set",
+        _set,
+        "Set a key; prints its new version. VALUE is stored as a string: `set num 5` stores "
         'the string "5", which incr refuses; with --json-value it is parsed as JSON and '
         "`set num 5 --json-value` stores the number 5.",
-    )  # fmt: skip
+    )
     set_.add_argument("key", metavar="KEY")
     set_.add_argument("value", metavar="VALUE", help="a string, or JSON with --json-value")
     set_.add_argument("--ttl", metavar="MS", type=_int64, help="time to live in milliseconds")
     set_.add_argument(
-        "--json-value", action="store_true",
+        "--json-value",
+        action="store_true",
         help="parse VALUE as JSON; VALUE - reads the JSON from stdin",
-    )  # fmt: skip
+    )
     set_.add_argument("--if-absent", action="store_true", help="only create; fail if it exists")
     set_.add_argument(
-        "--if-version", metavar="N", type=_version,
+        "--if-version",
+        metavar="N",
+        type=_version,
         help="only replace the key while it is at version N (compare-and-set: get --json "
         "shows the version); fail if it changed or is gone",
-    )  # fmt: skip
+    )
 
     delete = command("del", _del, "Delete a key; prints true if it existed, else false.")
     delete.add_argument("key", metavar="KEY")
@@ -409,10 +453,10 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     incr.add_argument("--ttl", metavar="MS", type=_int64, help="TTL if the key is created")
 
     touch = command(
-        "touch", _touch,
-        "Restart a key's TTL (value and version stay); prints its new expires_at (Unix epoch "
-        "ms).",
-    )  # fmt: skip
+        "touch",
+        _touch,
+        "Restart a key's TTL (value and version stay); prints its new expires_at (Unix epoch ms).",
+    )
     touch.add_argument("key", metavar="KEY")
     touch.add_argument("--ttl", metavar="MS", type=_int64, required=True, help="the new TTL")
 
@@ -426,20 +470,22 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     json_flag(lease, "the whole lease (value, token, expires_at…)")
 
     renew = command(
-        "renew", _renew,
+        "renew",
+        _renew,
         "Restart the TTL of the lease a worker holds in POOL (same value and token); prints "
         "its value. Fails if the lease expired or was released.",
-    )  # fmt: skip
+    )
     renew.add_argument("pool", metavar="POOL")
     renew.add_argument("--worker", metavar="ID", help=worker_help)
     renew.add_argument("--ttl", metavar="MS", type=_int64, help="the new TTL [broker's lease_ttl]")
     json_flag(renew, "the whole lease (value, token, expires_at…)")
 
     release = command(
-        "release", _release,
+        "release",
+        _release,
         "Release a worker's lease in POOL (prints true/false), or with --all in every pool "
         "(prints how many).",
-    )  # fmt: skip
+    )
     release.add_argument("pool", metavar="POOL", nargs="?")
     release.add_argument("--worker", metavar="ID", help=worker_help)
     release.add_argument("--all", action="store_true", help="release in every pool")
@@ -449,7 +495,8 @@ def add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     command("stats", _stats, "Print the broker's counters as JSON.")
     metrics = command("metrics", _metrics, "Print the broker's Prometheus metrics.")
     metrics.add_argument(
-        "--broker-only", action="store_true",
+        "--broker-only",
+        action="store_true",
         help="only the broker's own ephemeral_broker_* series, without process_* (for a "
         "node-exporter textfile collector, which refuses series it also reports)",
-    )  # fmt: skip
+    )

@@ -67,9 +67,11 @@ def add_run_command(commands: Any) -> None:
         "environment (never on a command line)",
     )
     run.add_argument(
-        "command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD [ARGS...]",
         help="the command to run; everything after -- is passed to it untouched",
-    )  # fmt: skip
+    )
     run.set_defaults(handler=cmd_run, run_parser=run)
 
 

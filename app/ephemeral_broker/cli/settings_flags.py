@@ -36,15 +36,22 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = f"{field.description} [{env_name(name)}; default: {shown}]"
         if field.annotation is bool:
             group.add_argument(
-                flag_name(name), dest=name, action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS, help=help_text,
-            )  # fmt: skip
+                flag_name(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
         else:
             choices = get_args(field.annotation) if name in ("log_level", "log_format") else None
             group.add_argument(
-                flag_name(name), dest=name, default=argparse.SUPPRESS, metavar=_metavar(name),
-                choices=choices or None, help=help_text,
-            )  # fmt: skip
+                flag_name(name),
+                dest=name,
+                default=argparse.SUPPRESS,
+                metavar=_metavar(name),
+                choices=choices or None,
+                help=help_text,
+            )
     group.add_argument(
         "--secret-file",
         metavar="PATH",

@@ -29,9 +29,13 @@ def connection_limits(settings: BrokerSettings) -> ConnectionLimits:
     if available < limits.max_connections:
         logger.warning(
             "max_connections lowered to fit the open-file limit (ulimit -n)",
-            extra={"fields": {"max_connections": max(1, available),
-                              "configured": settings.max_connections}},
-        )  # fmt: skip
+            extra={
+                "fields": {
+                    "max_connections": max(1, available),
+                    "configured": settings.max_connections,
+                }
+            },
+        )
         limits.max_connections = max(1, available)
     return limits
 

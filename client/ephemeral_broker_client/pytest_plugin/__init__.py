@@ -49,10 +49,14 @@ def pytest_configure(config: pytest.Config) -> None:
     if not enabled(config):
         given = [
             "--" + name.replace("_", "-")
-            for name in ("broker_auth", "broker_start_timeout", "broker_key_ttl",
-                         *("broker_" + s[0].replace("-", "_") for s in BROKER_SETTINGS))
+            for name in (
+                "broker_auth",
+                "broker_start_timeout",
+                "broker_key_ttl",
+                *("broker_" + s[0].replace("-", "_") for s in BROKER_SETTINGS),
+            )
             if config.getoption(name) is not None
-        ]  # fmt: skip
+        ]
         if given:
             raise pytest.UsageError(
                 f"{', '.join(given)} has no effect without --broker (or broker = true in the "

@@ -177,8 +177,18 @@ def launch(
         socket = new_private_socket_path()
         private_dir = socket.parent
     # __name__ is this module's dotted name: the child runs main() below.
-    args = [sys.executable, "-P", "-m", __name__, str(os.getpid()),
-            str(private_dir or ""), "serve", "--socket", str(socket), *flags]  # fmt: skip
+    args = [
+        sys.executable,
+        "-P",
+        "-m",
+        __name__,
+        str(os.getpid()),
+        str(private_dir or ""),
+        "serve",
+        "--socket",
+        str(socket),
+        *flags,
+    ]
     try:
         proc = subprocess.Popen(
             args,

@@ -94,9 +94,10 @@ class BrokerRun:
             self.external = True
             # That broker's settings are its own: ours are reported as not applied.
             self.ignored_settings = [
-                f"--broker-{suffix}" for suffix, *_ in BROKER_SETTINGS
+                f"--broker-{suffix}"
+                for suffix, *_ in BROKER_SETTINGS
                 if setting(self.config, "broker_" + suffix.replace("-", "_")) is not None
-            ]  # fmt: skip
+            ]
             if truthy(setting(self.config, "broker_auth")):
                 self.ignored_settings.append("--broker-auth")
             return
@@ -215,8 +216,9 @@ class BrokerRun:
                 self._uncounted_crashes = 0
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None
-                                ) -> Generator[None, None, None]:  # fmt: skip
+    def pytest_runtest_teardown(
+        self, item: pytest.Item, nextitem: pytest.Item | None
+    ) -> Generator[None, None, None]:
         try:
             return (yield)
         finally:
@@ -435,8 +437,13 @@ class BrokerRun:
             error = "".join(traceback.format_exception_only(exc)).strip()
             return {**record, "ok": False, "error": error}
         seq = self.client.incr(self.key("setups"), ttl_ms=self.key_ttl)
-        return {**record, "ok": True, "value": value, "seq": seq,
-                "teardown": definition.teardown is not None}  # fmt: skip
+        return {
+            **record,
+            "ok": True,
+            "value": value,
+            "seq": seq,
+            "teardown": definition.teardown is not None,
+        }
 
 
 def run_of(config: pytest.Config) -> BrokerRun:

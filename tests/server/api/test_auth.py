@@ -167,9 +167,11 @@ def test_only_correct_credentials_pass_and_nothing_yields_500(
         # A signed body that was changed on the way is refused, and nothing is written.
         tampered = signed_request(client, "PUT", "/v1/keys/tampered", content=body)
         tampered = client.build_request(
-            "PUT", "/v1/keys/tampered", content=body.replace(b'"v"', b'"w"'),
+            "PUT",
+            "/v1/keys/tampered",
+            content=body.replace(b'"v"', b'"w"'),
             headers=dict(tampered.headers),
-        )  # fmt: skip
+        )
         assert_auth_failed(client.send(tampered))
         bearer = {"Authorization": f"Bearer {SECRET}"}
         assert client.get("/v1/keys/tampered", headers=bearer).status_code == 404
@@ -184,8 +186,17 @@ def test_probes_are_open_and_everything_else_needs_a_credential(secured: BrokerP
     with secured.client(timeout=30) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/readyz").json() == {"status": "ready"}
-        for path in ("/metrics", "/openapi.json", "/v1/stats", "/v1/health", "/v1/keys",
-                     "/v1/keys/k", "/no/such/route", "/healthz/", "/docs"):  # fmt: skip
+        for path in (
+            "/metrics",
+            "/openapi.json",
+            "/v1/stats",
+            "/v1/health",
+            "/v1/keys",
+            "/v1/keys/k",
+            "/no/such/route",
+            "/healthz/",
+            "/docs",
+        ):
             assert_auth_failed(client.get(path))
         assert_auth_failed(client.delete("/v1/keys/k"))
         assert_auth_failed(client.post("/v1/keys/k/incr", json={"ttl_ms": 1000}))
@@ -235,9 +246,12 @@ def test_empty_secret_is_refused(short_tmp: Path) -> None:
     empty.write_text("\n")
     done = subprocess.run(
         [BROKER_EXE, "serve", "--secret-file", str(empty)],
-        capture_output=True, text=True, check=False, timeout=30,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
         env={**os.environ},
-    )  # fmt: skip
+    )
     assert done.returncode == 2
     assert "secret" in done.stderr and "empty" in done.stderr
 
@@ -285,9 +299,12 @@ def secured_app(clock: FakeClock) -> Any:
 async def test_a_wrong_bearer_is_refused_before_its_body_is_read(secured_app: Any) -> None:
     receive = Receive([b"x" * 1000])
     status, headers, body = await call_app(
-        secured_app, "PUT", "/v1/keys/k",
-        [(b"authorization", b"Bearer wrong"), (b"content-length", b"1000")], receive,
-    )  # fmt: skip
+        secured_app,
+        "PUT",
+        "/v1/keys/k",
+        [(b"authorization", b"Bearer wrong"), (b"content-length", b"1000")],
+        receive,
+    )
     assert status == 401 and json.loads(body)["code"] == "auth_failed"
     assert receive.calls == 0
     assert headers["connection"] == "close"  # the unread body is not parsed as a next request
@@ -343,12 +360,14 @@ async def test_signature_covers_the_body_as_sent_before_decoding(
 
         def request(signed_body: bytes) -> httpx.Request:
             return api.build_request(
-                "PUT", "/v1/keys/z", content=packed,
+                "PUT",
+                "/v1/keys/z",
+                content=packed,
                 headers={
                     "Content-Encoding": "gzip",
                     **signature_headers(SECRET, clock.now_ms(), "PUT", "/v1/keys/z", signed_body),
                 },
-            )  # fmt: skip
+            )
 
         assert_auth_failed(await api.send(request(plain)))  # signed what it meant, not what it sent
         assert (await api.send(request(packed))).status_code == 201
@@ -364,13 +383,19 @@ async def test_error_details_say_what_is_wrong_without_echoing_it(
         ({}, "authentication required"),
         ({"Authorization": "Bearer guess-0001"}, "bearer token is not the broker's secret"),
         ({"X-Broker-Timestamp": "soon", "X-Broker-Signature": "a" * 64}, "epoch milliseconds"),
-        ({"X-Broker-Timestamp": str(clock.now_ms()), "X-Broker-Signature": "guess-0002"},
-         "64 hex digits"),
-        ({"X-Broker-Timestamp": str(clock.now_ms() + 45_000), "X-Broker-Signature": "a" * 64},
-         "45000 ms ahead"),
-        ({"X-Broker-Timestamp": str(clock.now_ms()), "X-Broker-Signature": "a" * 64},
-         "does not match"),
-    ]  # fmt: skip
+        (
+            {"X-Broker-Timestamp": str(clock.now_ms()), "X-Broker-Signature": "guess-0002"},
+            "64 hex digits",
+        ),
+        (
+            {"X-Broker-Timestamp": str(clock.now_ms() + 45_000), "X-Broker-Signature": "a" * 64},
+            "45000 ms ahead",
+        ),
+        (
+            {"X-Broker-Timestamp": str(clock.now_ms()), "X-Broker-Signature": "a" * 64},
+            "does not match",
+        ),
+    ]
     async with make_api(secret=SECRET) as api:
         for headers, expected in cases:
             response = await api.get("/v1/ping", headers=headers)

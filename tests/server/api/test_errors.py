@@ -185,8 +185,14 @@ async def test_dot_keys_and_trailing_newlines_are_refused_at_the_asgi_level() ->
     # httpx (like browsers) resolves "/v1/keys/.." to "/v1/" before sending; curl
     # --path-as-is and raw sockets do not. Call the app with the exact paths.
     app = create_app(BrokerSettings())
-    for path in ("/v1/keys/.", "/v1/keys/..", "/v1/keys/%2E", "/v1/keys/%2E%2E", "/v1/keys/a%0A",
-                 "/v1/keys/a%0A/incr"):  # fmt: skip
+    for path in (
+        "/v1/keys/.",
+        "/v1/keys/..",
+        "/v1/keys/%2E",
+        "/v1/keys/%2E%2E",
+        "/v1/keys/a%0A",
+        "/v1/keys/a%0A/incr",
+    ):
         for method, body in [
             ("GET", b""),
             ("PUT", b'{"value": 1, "ttl_ms": 100}'),

@@ -16,8 +16,9 @@ from tests.support.responses import assert_problem
 pytestmark = pytest.mark.anyio
 
 
-async def put(api: httpx.AsyncClient, key: str, value: Any, ttl_ms: int | None = 60_000,
-              **kwargs: Any) -> httpx.Response:  # fmt: skip
+async def put(
+    api: httpx.AsyncClient, key: str, value: Any, ttl_ms: int | None = 60_000, **kwargs: Any
+) -> httpx.Response:
     body: dict[str, Any] = {"value": value}
     if ttl_ms is not None:
         body["ttl_ms"] = ttl_ms

@@ -106,10 +106,19 @@ async def test_release_all_route(api: httpx.AsyncClient) -> None:
     listing = (await api.get("/v1/leases")).json()
     assert listing == {
         "pools": [
-            {"pool": "a", "leases": [{"worker_id": "gw1", "value": 1, "token": 4,
-                                     "expires_at": listing["pools"][0]["leases"][0]["expires_at"]}]}
+            {
+                "pool": "a",
+                "leases": [
+                    {
+                        "worker_id": "gw1",
+                        "value": 1,
+                        "token": 4,
+                        "expires_at": listing["pools"][0]["leases"][0]["expires_at"],
+                    }
+                ],
+            }
         ]
-    }  # fmt: skip
+    }
 
 
 async def test_list_routes_sort_pools_by_name_and_leases_by_value(

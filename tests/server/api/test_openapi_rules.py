@@ -52,8 +52,13 @@ def test_names_carry_their_rules(document: dict[str, Any]) -> None:
 
 def test_ttl_and_64_bit_bounds(document: dict[str, Any]) -> None:
     schemas = document["components"]["schemas"]
-    for model in ("SetKeyRequest", "IncrRequest", "TouchRequest", "AcquireLeaseRequest",
-                  "RenewLeaseRequest"):  # fmt: skip
+    for model in (
+        "SetKeyRequest",
+        "IncrRequest",
+        "TouchRequest",
+        "AcquireLeaseRequest",
+        "RenewLeaseRequest",
+    ):
         ttl = schemas[model]["properties"]["ttl_ms"]
         branch = next((m for m in ttl.get("anyOf", ()) if m.get("type") == "integer"), ttl)
         assert (branch["minimum"], branch["maximum"]) == (1, 86_400_000), model

@@ -20,12 +20,34 @@ from tests.support.asgi import http_scope
 ROUTES = [route for router in ROUTERS for route in router.routes]
 METHODS = ("GET", "PUT", "POST", "DELETE", "PATCH", "HEAD")
 PATHS = (
-    "/v1/keys", "/v1/keys/", "/v1/keys/a", "/v1/keys/a%0A", "/v1/keys/a%2Fb", "/v1/keys/a/b",
-    "/v1/keys/a/incr", "/v1/keys/a/touch", "/v1/keys/a/b/incr", "/v1/keys//incr",
-    "/v1/leases", "/v1/leases/p", "/v1/leases/p/w", "/v1/leases/p/w/renew", "/v1/leases/p/w/x",
-    "/v1/leases/p%2Fq/w/renew", "/v1/ping", "/v1/ping%0A", "/v1/ping/", "/healthz", "/readyz",
-    "/metrics", "/v1/health", "/v1/stats", "/openapi.json", "/", "/nope",
-)  # fmt: skip
+    "/v1/keys",
+    "/v1/keys/",
+    "/v1/keys/a",
+    "/v1/keys/a%0A",
+    "/v1/keys/a%2Fb",
+    "/v1/keys/a/b",
+    "/v1/keys/a/incr",
+    "/v1/keys/a/touch",
+    "/v1/keys/a/b/incr",
+    "/v1/keys//incr",
+    "/v1/leases",
+    "/v1/leases/p",
+    "/v1/leases/p/w",
+    "/v1/leases/p/w/renew",
+    "/v1/leases/p/w/x",
+    "/v1/leases/p%2Fq/w/renew",
+    "/v1/ping",
+    "/v1/ping%0A",
+    "/v1/ping/",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/v1/health",
+    "/v1/stats",
+    "/openapi.json",
+    "/",
+    "/nope",
+)
 
 
 def starlette_choice(scope: dict[str, Any]) -> tuple[Any, dict[str, Any]] | None:
@@ -80,11 +102,23 @@ def _lean_route() -> LeanRoute:
 
 
 QUERIES = (
-    "token=1", "", "token=0", "token=x", "token=1&wait_ms=-1", "token=1&wait_ms=abc",
-    "token=1&wait_ms=300001", "token=1&wait_ms=5&wait_ms=7", "token=1&limit=11&limit=3",
-    "token=1&limit=", "token=1&prefix=a%20b&prefix=c", "token=1&worker_id=", "token=2.0",
-    "token=1&if-match=%22x%22", "wait_ms=1e3&limit=0", "token=%FF",
-)  # fmt: skip
+    "token=1",
+    "",
+    "token=0",
+    "token=x",
+    "token=1&wait_ms=-1",
+    "token=1&wait_ms=abc",
+    "token=1&wait_ms=300001",
+    "token=1&wait_ms=5&wait_ms=7",
+    "token=1&limit=11&limit=3",
+    "token=1&limit=",
+    "token=1&prefix=a%20b&prefix=c",
+    "token=1&worker_id=",
+    "token=2.0",
+    "token=1&if-match=%22x%22",
+    "wait_ms=1e3&limit=0",
+    "token=%FF",
+)
 
 
 @pytest.mark.parametrize("query", QUERIES)
@@ -109,9 +143,14 @@ def test_lean_binding_matches_fastapi_for_query_parameters(query: str) -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [(), (("if-match", '"1"'),), (("if-match", '"1"'), ("if-match", '"2"')),
-     (("if-none-match", "*"), ("x-other", "y")), (("if-match", "caf\xe9"),)],
-)  # fmt: skip
+    [
+        (),
+        (("if-match", '"1"'),),
+        (("if-match", '"1"'), ("if-match", '"2"')),
+        (("if-none-match", "*"), ("x-other", "y")),
+        (("if-match", "caf\xe9"),),
+    ],
+)
 def test_lean_binding_matches_fastapi_for_headers(headers: tuple[tuple[str, str], ...]) -> None:
     from ephemeral_broker.api.routes.keys import router
 

@@ -45,9 +45,13 @@ async def test_health_capacity_thresholds(make_api: AppFactory) -> None:
         health = (await api.get("/v1/health")).json()
         assert health["status"] == "healthy"
         assert health["capacity"] == {
-            "items": 0, "max_items": 10, "utilization": 0.0, "near_capacity": False,
-            "at_capacity": False, "warning": None,
-        }  # fmt: skip
+            "items": 0,
+            "max_items": 10,
+            "utilization": 0.0,
+            "near_capacity": False,
+            "at_capacity": False,
+            "warning": None,
+        }
         assert health["memory"]["rss_bytes"] > 1_000_000
         assert health["connections"]["in_flight"] == 1  # this request
         assert health["uptime_ms"] >= 0
@@ -57,8 +61,9 @@ async def test_health_capacity_thresholds(make_api: AppFactory) -> None:
         near = (await api.get("/v1/health")).json()
         assert near["status"] == "healthy"
         assert (near["capacity"]["near_capacity"], near["capacity"]["warning"]) == (
-            True, "near_capacity",
-        )  # fmt: skip
+            True,
+            "near_capacity",
+        )
         await fill(api, 1, prefix="f")
         full = (await api.get("/v1/health")).json()
         assert full["status"] == "degraded"
@@ -103,12 +108,16 @@ async def test_metrics_cover_the_spec_list_and_are_current_at_scrape(
     text = (await api.get("/metrics")).text
     families = {f.name for f in text_string_to_metric_families(text)}
     for name in [
-        "ephemeral_broker_items", "ephemeral_broker_capacity_max",
-        "ephemeral_broker_capacity_utilization", "ephemeral_broker_expired",
-        "ephemeral_broker_compression_bytes", "ephemeral_broker_values_stored",
-        "ephemeral_broker_requests_in_flight", "ephemeral_broker_draining",
+        "ephemeral_broker_items",
+        "ephemeral_broker_capacity_max",
+        "ephemeral_broker_capacity_utilization",
+        "ephemeral_broker_expired",
+        "ephemeral_broker_compression_bytes",
+        "ephemeral_broker_values_stored",
+        "ephemeral_broker_requests_in_flight",
+        "ephemeral_broker_draining",
         "ephemeral_broker_build_info",
-    ]:  # fmt: skip
+    ]:
         assert name in families, name
     await fill(api, 4)
     await api.get("/v1/keys/missing")
@@ -148,10 +157,24 @@ async def test_keys_never_become_label_values(api: httpx.AsyncClient) -> None:
     assert parsed
     labels = {v for f in parsed for s in f.samples for k, v in s.labels.items() if k != "le"}
     assert labels <= {
-        "keys.set", "keys.get", "system.metrics", "created", "replaced", "hit", "ok",
-        "invalid_ttl", "items", "leases", "before", "after", "true", "false", __version__,
-        "memory", "",
-    }  # fmt: skip
+        "keys.set",
+        "keys.get",
+        "system.metrics",
+        "created",
+        "replaced",
+        "hit",
+        "ok",
+        "invalid_ttl",
+        "items",
+        "leases",
+        "before",
+        "after",
+        "true",
+        "false",
+        __version__,
+        "memory",
+        "",
+    }
 
 
 async def test_each_app_has_its_own_registry(make_api: AppFactory) -> None:

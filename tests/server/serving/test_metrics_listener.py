@@ -77,8 +77,11 @@ def test_listen_addresses_refused_with_a_reason(text: str, says: str) -> None:
 def test_an_invalid_address_stops_start_up_with_one_line(short_tmp: Path) -> None:
     result = subprocess.run(
         [BROKER_EXE, "serve", "--socket", str(short_tmp / "b.sock"), "--metrics-listen", "x:y"],
-        check=False, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2
     assert result.stdout == ""
     line = result.stderr.strip()
@@ -93,10 +96,19 @@ def test_a_taken_port_stops_start_up_before_the_socket_exists(short_tmp: Path) -
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [BROKER_EXE, "serve", "--socket", str(short_tmp / "b.sock"),
-             "--metrics-listen", f"127.0.0.1:{port}"],
-            check=False, capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+            [
+                BROKER_EXE,
+                "serve",
+                "--socket",
+                str(short_tmp / "b.sock"),
+                "--metrics-listen",
+                f"127.0.0.1:{port}",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"ephemeral-broker: cannot listen for metrics on 127.0.0.1:{port} (--metrics-listen): "
@@ -152,9 +164,10 @@ def test_the_tcp_listener_serves_nothing_that_reads_or_changes_state(
             ("GET", "/docs"),
         ]:
             problem = assert_problem(
-                tcp.request(method, path, json={"value": 1, "ttl_ms": 1000}), 404,
+                tcp.request(method, path, json={"value": 1, "ttl_ms": 1000}),
+                404,
                 "route_not_found",
-            )  # fmt: skip
+            )
             assert "/metrics, /healthz, /readyz" in problem["detail"]
         for method in ("POST", "PUT", "DELETE"):
             response = tcp.request(method, "/metrics")
@@ -210,8 +223,11 @@ def test_broker_only_keeps_the_broker_families_for_a_textfile_collector(
     broker = start_broker()
     result = subprocess.run(
         [BROKER_EXE, "metrics", "--broker-only", "--socket", str(broker.socket)],
-        check=False, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     families = {family.name for family in text_string_to_metric_families(result.stdout)}
     assert "ephemeral_broker_items" in families
@@ -219,8 +235,11 @@ def test_broker_only_keeps_the_broker_families_for_a_textfile_collector(
     assert all(name.startswith("ephemeral_broker_") for name in families), families
     full = subprocess.run(
         [BROKER_EXE, "metrics", "--socket", str(broker.socket)],
-        check=False, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert any(
         family.name.startswith("process_") for family in text_string_to_metric_families(full.stdout)
     )

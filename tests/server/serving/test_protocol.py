@@ -189,8 +189,9 @@ def test_a_moving_body_is_not_timed_out(start_broker: BrokerFactory) -> None:
     broker = start_broker("--body-timeout", "500")
     body = b'{"value": "slow but steady", "ttl_ms": 60000}'
     with raw(broker) as sock:
-        sock.sendall(b"PUT /v1/keys/steady HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
-                     % len(body))  # fmt: skip
+        sock.sendall(
+            b"PUT /v1/keys/steady HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
         for byte in body:  # ~2 s in all, never more than 0.05 s between reads
             sock.sendall(bytes([byte]))
             time.sleep(0.05)
@@ -255,9 +256,10 @@ def test_a_low_open_file_limit_lowers_max_connections_and_still_serves(
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # Soft and hard both 256 in the broker: it cannot raise them.
     broker = start_broker(
-        "--log-level", "warning",
+        "--log-level",
+        "warning",
         preexec=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)),
-    )  # fmt: skip
+    )
     assert "max_connections lowered to fit the open-file limit" in broker.stderr()
     assert "max_connections=192" in broker.stderr()
     held: list[socket.socket] = []

@@ -247,8 +247,10 @@ class StoreAgainstModel(RuleBasedStateMachine):
         assert error is None
         held.expires_at = self.now + ttl
         assert (grant.value, grant.token, grant.expires_at) == (
-            held.value, held.token, held.expires_at
-        )  # fmt: skip
+            held.value,
+            held.token,
+            held.expires_at,
+        )
 
     @rule(pool=POOLS, worker=WORKERS, with_token=st.sampled_from([None, "right", "wrong"]))
     def release(self, pool: str, worker: str, with_token: str | None) -> None:

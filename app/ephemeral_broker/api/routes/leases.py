@@ -151,11 +151,13 @@ async def release(
     request: Request,
     token: Annotated[
         int | None,
-        Query(ge=1, le=INT64_MAX,
-              description="Fencing token: release only the lease with this token (412 "
-              "otherwise)."),
+        Query(
+            ge=1,
+            le=INT64_MAX,
+            description="Fencing token: release only the lease with this token (412 otherwise).",
+        ),
     ] = None,
-) -> Response:  # fmt: skip
+) -> Response:
     released = await store_of(request).release_lease(pool, worker_id, token)
     set_result(request, "released" if released else "absent")
     return json_response({"released": released})

@@ -48,8 +48,9 @@ def rss_bytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
-@router.get("/healthz", name="system.healthz", summary="Liveness (no auth)",
-            response_model=LivenessResponse)  # fmt: skip
+@router.get(
+    "/healthz", name="system.healthz", summary="Liveness (no auth)", response_model=LivenessResponse
+)
 async def healthz(request: Request) -> Response:
     # Liveness: 200 while the process serves, even when a shared store is down (restarting
     # the broker would not bring Redis back); the body says why it would not be ready.
@@ -89,8 +90,13 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ready", "store": _store_fields(status)})
 
 
-@router.get("/v1/health", name="system.health", summary="Health, capacity, memory",
-            response_model=HealthResponse, responses=problems(*COMMON))  # fmt: skip
+@router.get(
+    "/v1/health",
+    name="system.health",
+    summary="Health, capacity, memory",
+    response_model=HealthResponse,
+    responses=problems(*COMMON),
+)
 async def health(request: Request) -> Response:
     runtime = runtime_of(request)
     stats = await store_of(request).stats()
@@ -119,8 +125,13 @@ async def health(request: Request) -> Response:
     )
 
 
-@router.get("/v1/stats", name="system.stats", summary="Counts and sizes",
-            response_model=StatsResponse, responses=problems(*COMMON))  # fmt: skip
+@router.get(
+    "/v1/stats",
+    name="system.stats",
+    summary="Counts and sizes",
+    response_model=StatsResponse,
+    responses=problems(*COMMON),
+)
 async def stats(request: Request) -> Response:
     runtime = runtime_of(request)
     store_stats = await store_of(request).stats()
@@ -138,8 +149,13 @@ async def stats(request: Request) -> Response:
     )
 
 
-@router.get("/v1/ping", name="system.ping", summary="Round-trip check",
-            response_model=PingResponse, responses=problems(*COMMON))  # fmt: skip
+@router.get(
+    "/v1/ping",
+    name="system.ping",
+    summary="Round-trip check",
+    response_model=PingResponse,
+    responses=problems(*COMMON),
+)
 async def ping() -> Response:
     return JSONBytesResponse(b'{"pong":%d}' % (time.time_ns() // 1_000_000))
 
