@@ -66,3 +66,49 @@ def test_no_page_sends_the_reader_outside_the_repository() -> None:
     for page in [ROOT / "README.md", *DOCS.rglob("*.md")]:
         for number, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1):
             assert not forbidden.search(line), f"{page.relative_to(ROOT)}:{number}: {line}"
+
+
+def tree_paths(tree: str) -> set[str]:
+    """The files a `text` tree names, as paths: a line's first tokens that end in `.py` or `/`,
+    under the folders of the lines indented less than it."""
+    paths: set[str] = set()
+    folders: list[tuple[int, str]] = []  # (indent, folder path) of the open folders
+    for line in tree.splitlines():
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        while folders and folders[-1][0] >= indent:
+            folders.pop()
+        parent = folders[-1][1] if folders else ""
+        for token in line.split():
+            if token.endswith("/"):
+                folders.append((indent, parent + token))
+                break
+            if not token.endswith(".py"):
+                break
+            paths.add(parent + token)
+    return paths
+
+
+def test_tree_paths_reads_folders_by_indent() -> None:
+    tree = "a/\n  x.py y.py   two files\n  b/\n    z.py  one\n  w.py\nc/\n"
+    assert tree_paths(tree) == {"a/x.py", "a/y.py", "a/b/z.py", "a/w.py"}
+
+
+def test_the_architecture_page_names_every_module_and_only_those() -> None:
+    """The tree on the architecture page is the code's: every module of both packages is on
+    it, under its folder, and nothing on it is missing from the code."""
+    page = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    tree = page.split("## The tree", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    named = {path for path in tree_paths(tree) if path.startswith(("app/", "client/"))}
+    modules = {
+        path.relative_to(ROOT).as_posix()
+        for folder in ("app/ephemeral_broker", "client/ephemeral_broker_client")
+        for path in (ROOT / folder).rglob("*.py")
+        if path.name != "__init__.py" or path.parent.name == "pytest_plugin"
+    }
+    named = {path for path in named if not path.endswith("/__init__.py")} | (
+        named & {"client/ephemeral_broker_client/pytest_plugin/__init__.py"}
+    )
+    assert modules - named == set(), "modules missing from docs/architecture.md's tree"
+    assert named - modules == set(), "docs/architecture.md's tree names files that do not exist"
