@@ -202,6 +202,7 @@ def test_chunked_and_gzip_and_until_close_bodies(serve: Callable[[Handler], Scri
     transport = UnixTransport(server.path)
     for target in ("/chunked", "/gzip", "/until-close", "/chunked"):
         assert sync_get(transport, target).content == body, target
+    transport.close()
     # The kept-alive connection carried /chunked and /gzip; /until-close needed its own.
     assert [len(peer.requests) for peer in server.peers] == [3, 1]
 
@@ -209,6 +210,7 @@ def test_chunked_and_gzip_and_until_close_bodies(serve: Callable[[Handler], Scri
         transport = AsyncUnixTransport(server.path)
         for target in ("/chunked", "/gzip", "/until-close", "/chunked"):
             assert (await async_get(transport, target)).content == body, target
+        await transport.aclose()
 
     asyncio.run(main())
     # Through the clients, with the raw path (no httpx Response): the same bodies.
@@ -227,17 +229,21 @@ def test_chunked_and_gzip_and_until_close_bodies(serve: Callable[[Handler], Scri
 def test_a_response_to_head_has_no_body(serve: Callable[[Handler], ScriptServer]) -> None:
     server = serve(answer())  # a Content-Length of 10 and, for HEAD too, the 10 bytes
     transport = UnixTransport(server.path)
-    client = httpx.Client(transport=transport, base_url="http://localhost")
-    head = client.head("/x")
-    assert (head.status_code, head.headers["content-length"], head.content) == (200, "10", b"")
-    assert client.get("/x").json() == {"pong": 1}  # on a new connection, in step
+    with httpx.Client(transport=transport, base_url="http://localhost") as client:
+        head = client.head("/x")
+        assert (head.status_code, head.headers["content-length"], head.content) == (
+            200,
+            "10",
+            b"",
+        )
+        assert client.get("/x").json() == {"pong": 1}  # on a new connection, in step
 
     async def main() -> None:
-        client = httpx.AsyncClient(
+        async with httpx.AsyncClient(
             transport=AsyncUnixTransport(server.path), base_url="http://localhost"
-        )
-        assert (await client.head("/x")).content == b""
-        assert (await client.get("/x")).json() == {"pong": 1}
+        ) as client:
+            assert (await client.head("/x")).content == b""
+            assert (await client.get("/x")).json() == {"pong": 1}
 
     asyncio.run(main())
     assert [len(peer.requests) for peer in server.peers] == [1, 1, 1, 1]
@@ -253,12 +259,14 @@ def test_connection_close_and_keep_alive(serve: Callable[[Handler], ScriptServer
     transport = UnixTransport(server.path)
     for target in ("/a", "/b", "/close", "/c", "/d"):
         assert sync_get(transport, target).status_code == 200
+    transport.close()
     assert [len(peer.requests) for peer in server.peers] == [3, 2]
 
     async def main() -> None:
         transport = AsyncUnixTransport(server.path)
         for target in ("/a", "/close", "/b", "/c"):
             assert (await async_get(transport, target)).status_code == 200
+        await transport.aclose()
 
     asyncio.run(main())
     assert [len(peer.requests) for peer in server.peers[2:]] == [2, 2]
