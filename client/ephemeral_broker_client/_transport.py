@@ -621,8 +621,16 @@ class _AsyncConnection(asyncio.BufferedProtocol):
             return
         if self.loop.is_closed():
             # A connection left from an event loop that has ended (an earlier asyncio.run):
-            # that loop can no longer run the transport's close. The connection is shut down
-            # here (the server sees it end); its descriptor is closed with the transport.
+            # that loop can no longer run the transport's close. asyncio's own transports keep
+            # their socket in `_sock` and warn "unclosed transport" when collected with it
+            # open, so the socket is closed here and the transport told it has none. Other
+            # loops' transports (uvloop's) get the connection shut down (the server sees it
+            # end); their descriptor is closed with the transport.
+            raw = getattr(transport, "_sock", None)
+            if isinstance(raw, socket.socket):
+                raw.close()
+                transport._sock = None  # type: ignore[attr-defined]
+                return
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 with contextlib.suppress(OSError):
