@@ -497,7 +497,9 @@ def test_sidecar_image_serves_another_container_through_a_volume_and_drains_on_s
     assert stopped and stopped[-1]["reason"] == "SIGTERM" and stopped[-1]["forced"] is False
 
     assert docker("wait", waiter, timeout=60).stdout.strip() != "0"
-    assert "draining: the broker is shutting down" in docker("logs", waiter).stderr
+    refused = docker("logs", waiter).stderr
+    assert "is shutting down and takes no new requests" in refused, refused
+    assert "'never-set'" in refused, refused
 
     # The socket is gone from the volume, and the health check says so in one line.
     after = containers.run("--volume", mount, "--entrypoint", "ls", image, "-A", SOCKET_DIR)
