@@ -21,6 +21,8 @@ ROUTES = [route for router in ROUTERS for route in router.routes]
 METHODS = ("GET", "PUT", "POST", "DELETE", "PATCH", "HEAD")
 PATHS = (
     "/v1/keys",
+    "/v1/keys%0A",
+    "/healthz%0A",
     "/v1/keys/",
     "/v1/keys/a",
     "/v1/keys/a%0A",
