@@ -17,6 +17,7 @@ pool. Errors are httpx's own exception classes (`ConnectError`, `ReadTimeout`, `
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import collections
 import contextlib
@@ -259,17 +260,9 @@ class _Connection:
         self.sock.close()
 
 
-class UnixTransport(httpx.BaseTransport):
-    """An httpx transport for an HTTP/1.1 server on the Unix socket at `path`; thread-safe.
-
-    Args:
-        path: the server's socket.
-        max_connections: connections open at once (idle or in use); a request that finds all
-            in use waits up to its pool timeout (httpx.PoolTimeout).
-        max_idle: idle connections kept for reuse.
-        max_response_bytes: the most one response may take on the wire, head included
-            (ResponseTooLarge, a subclass of httpx.RemoteProtocolError, beyond it).
-    """
+class _Pool(abc.ABC):
+    """What both transports share: the socket's path and the pool's limits, checked once, and
+    the fork hook that gives a child a pool of its own."""
 
     def __init__(
         self,
@@ -290,7 +283,32 @@ class UnixTransport(httpx.BaseTransport):
         self.max_response_bytes = max_response_bytes
         self._closed = False
         self._fresh_pool()
-        _SYNC_TRANSPORTS.add(self)
+        _POOLS.add(self)
+
+    @abc.abstractmethod
+    def _fresh_pool(self) -> None:
+        """An empty pool: no connections, no waiters."""
+
+    @abc.abstractmethod
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: forget the parent's connections (see each transport)."""
+
+
+# Every transport alive in this process, for the fork hook at the end of this module.
+_POOLS: weakref.WeakSet[_Pool] = weakref.WeakSet()
+
+
+class UnixTransport(_Pool, httpx.BaseTransport):
+    """An httpx transport for an HTTP/1.1 server on the Unix socket at `path`; thread-safe.
+
+    Args:
+        path: the server's socket.
+        max_connections: connections open at once (idle or in use); a request that finds all
+            in use waits up to its pool timeout (httpx.PoolTimeout).
+        max_idle: idle connections kept for reuse.
+        max_response_bytes: the most one response may take on the wire, head included
+            (ResponseTooLarge, a subclass of httpx.RemoteProtocolError, beyond it).
+    """
 
     def _fresh_pool(self) -> None:
         self._lock = threading.Lock()
@@ -477,9 +495,6 @@ class UnixTransport(httpx.BaseTransport):
             self._discard(connection)
 
 
-_SYNC_TRANSPORTS: weakref.WeakSet[UnixTransport] = weakref.WeakSet()
-
-
 # ---- async ---------------------------------------------------------------------------------
 
 
@@ -643,7 +658,7 @@ class _AsyncConnection(asyncio.BufferedProtocol):
         transport.abort()
 
 
-class AsyncUnixTransport(httpx.AsyncBaseTransport):
+class AsyncUnixTransport(_Pool, httpx.AsyncBaseTransport):
     """An asyncio httpx transport for an HTTP/1.1 server on the Unix socket at `path`.
 
     It runs on the running event loop's own sockets and protocols (uvloop's, when the loop is
@@ -651,27 +666,6 @@ class AsyncUnixTransport(httpx.AsyncBaseTransport):
     connection: a pooled connection never holds half of an earlier response. The arguments
     are those of `UnixTransport`.
     """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        max_idle: int = DEFAULT_MAX_IDLE,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-    ) -> None:
-        if max_connections < 1 or max_idle < 0 or max_response_bytes < 1:
-            raise ValueError(
-                "max_connections and max_response_bytes must be positive and max_idle not "
-                f"negative, not {max_connections}, {max_response_bytes} and {max_idle}"
-            )
-        self.path = os.fspath(path)
-        self.max_connections = max_connections
-        self.max_idle = max_idle
-        self.max_response_bytes = max_response_bytes
-        self._closed = False
-        self._fresh_pool()
-        _ASYNC_TRANSPORTS.add(self)
 
     def _fresh_pool(self) -> None:
         self._idle: list[_AsyncConnection] = []
@@ -835,14 +829,9 @@ class AsyncUnixTransport(httpx.AsyncBaseTransport):
             self._discard(connection)
 
 
-_ASYNC_TRANSPORTS: weakref.WeakSet[AsyncUnixTransport] = weakref.WeakSet()
-
-
 def _after_fork_in_child() -> None:
-    for sync_transport in list(_SYNC_TRANSPORTS):
-        sync_transport._after_fork_in_child()
-    for async_transport in list(_ASYNC_TRANSPORTS):
-        async_transport._after_fork_in_child()
+    for pool in list(_POOLS):
+        pool._after_fork_in_child()
 
 
 if hasattr(os, "register_at_fork"):
