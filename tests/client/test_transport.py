@@ -29,7 +29,7 @@ from ephemeral_broker_client import (
     UnixTransport,
 )
 from tests.support.brokers import BrokerProcess
-from tests.support.raw_server import http_answer
+from tests.support.raw_server import http_answer, read_requests
 
 OK = http_answer(200, b'{"pong":1}')
 
@@ -72,28 +72,7 @@ class ScriptServer:
 
     def _connection(self, peer: Peer) -> None:
         with peer.conn:
-            buffer = b""
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    try:
-                        chunk = peer.conn.recv(65536)
-                    except OSError:
-                        return
-                    if not chunk:
-                        return
-                    buffer += chunk
-                head, _, rest = buffer.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                while len(rest) < length:
-                    chunk = peer.conn.recv(65536)
-                    if not chunk:
-                        return
-                    rest += chunk
-                request, buffer = head + b"\r\n\r\n" + rest[:length], rest[length:]
+            for request in read_requests(peer.conn):
                 peer.requests.append(request)
                 try:
                     if not self.handler(peer, request):

@@ -7,7 +7,7 @@ import contextlib
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 # Given the raw request bytes, the raw answer to send; None closes the connection unanswered.
@@ -24,6 +24,34 @@ def http_answer(
         *extra,
     ]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def read_requests(conn: socket.socket) -> Iterator[bytes]:
+    """Each request the client sends on `conn` (head and Content-Length body), as it
+    completes; ends when the client closes the connection or it fails."""
+    buffer = b""
+    try:
+        while True:
+            while b"\r\n\r\n" not in buffer:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                buffer += chunk
+            head, _, rest = buffer.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(rest) < length:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                rest += chunk
+            yield head + b"\r\n\r\n" + rest[:length]
+            buffer = rest[length:]
+    except OSError:
+        return  # the connection failed or the test closed it
 
 
 class RawServer:
@@ -49,25 +77,7 @@ class RawServer:
 
     def _connection(self, conn: socket.socket) -> None:
         with conn:
-            buffer = b""
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    buffer += chunk
-                head, _, rest = buffer.partition(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n")[1:]:
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                while len(rest) < length:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    rest += chunk
-                request, buffer = head + b"\r\n\r\n" + rest[:length], rest[length:]
+            for request in read_requests(conn):
                 self.requests.append(request)
                 answer = self.responder(request)
                 if answer is None:
