@@ -191,6 +191,7 @@ class _Durations:
         self.total = 0.0
 
 
+_FIRST_BOUND: Final = DURATION_BUCKETS[0]
 # Bucket labels as prometheus-client writes them (0.0001 -> "0.0001", 1.0 -> "1.0").
 _BUCKET_NAMES: Final = (
     *(floatToGoString(b) for b in DURATION_BUCKETS),  # type: ignore[no-untyped-call]
@@ -215,8 +216,12 @@ class BrokerMetrics:
         durations = requests.durations.get(operation)
         if durations is None:
             durations = requests.durations[operation] = _Durations()
-        # The first bucket whose upper bound is >= seconds, as Histogram.observe picks it.
-        durations.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        # The first bucket whose upper bound is >= seconds, as Histogram.observe picks it;
+        # most requests take less than the first bound, which one comparison settles.
+        if seconds <= _FIRST_BOUND:
+            durations.counts[0] += 1
+        else:
+            durations.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
         durations.total += seconds
         if error_code is not None:
             errors = requests.errors

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -152,6 +152,11 @@ class BrokerAPI(FastAPI):
     """
 
     front: Callable[[ASGIApp], ASGIApp] | None = None
+    # The app's parts, also in `app.state` (FastAPI's place for them, which tests and the
+    # server read): as plain attributes, a route reaches them in one lookup (api/deps.py).
+    store: Store
+    runtime: Runtime
+    metrics: BrokerMetrics
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
@@ -168,6 +173,23 @@ class BrokerAPI(FastAPI):
             await stack(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
+
+
+def asgi_entry(app: Any) -> ASGIApp:
+    """What an ASGI server should call for `app`: for the broker's app, BrokerMiddleware's
+    `__call__` itself (an ASGI 3 callable: the server is told so, see uvicorn_config). Every
+    request passes through the middleware first anyway; called by the server, it saves the
+    app's own `__call__` on each request, and a bound method is called for less than an object
+    with `__call__`. It hands lifespan events to the app as the server would (the scope has no
+    `app` yet). Any other app is returned as it is."""
+    if isinstance(app, BrokerAPI) and app.front is not None:
+        if app.middleware_stack is None:
+            app.middleware_stack = app.build_middleware_stack()
+        front = app.middleware_stack
+        assert isinstance(front, BrokerMiddleware)
+        return cast(ASGIApp, front.__call__)
+    other: ASGIApp = app
+    return other
 
 
 def create_app(
@@ -215,6 +237,7 @@ def create_app(
     app.state.clock = clock
     app.state.runtime = runtime
     app.state.metrics = metrics
+    app.store, app.runtime, app.metrics = store, runtime, metrics
     for router in ROUTERS:
         app.include_router(router)
     app.state.allow_table = _allow_table(ROUTERS)
@@ -242,6 +265,7 @@ def create_app(
         max_request_size=settings.max_request_size,
         auth=auth,
         routes=RouteTable(route for router in ROUTERS for route in router.routes),
+        outer=app,
     )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app

