@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Final
@@ -146,10 +147,11 @@ class _RequestCollector(Collector):
     """
 
     def __init__(self) -> None:
-        # (operation, result) -> count; code -> count; operation -> durations.
-        self.operations: dict[tuple[str, str], int] = {}
-        self.errors: dict[str, int] = {}
-        self.durations: dict[str, _Durations] = {}
+        # (operation, result) -> count; code -> count; operation -> durations. Counting dicts
+        # start every key at 0, so a count is `+= 1` without a `.get` call first.
+        self.operations: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.errors: defaultdict[str, int] = defaultdict(int)
+        self.durations: defaultdict[str, _Durations] = defaultdict(_Durations)
 
     def collect(self) -> Iterator[Metric]:
         operations = CounterMetricFamily(
@@ -210,12 +212,8 @@ class BrokerMetrics:
 
     def observe(self, operation: str, result: str, error_code: str | None, seconds: float) -> None:
         requests = self._requests
-        key = (operation, result)
-        operations = requests.operations
-        operations[key] = operations.get(key, 0) + 1
-        durations = requests.durations.get(operation)
-        if durations is None:
-            durations = requests.durations[operation] = _Durations()
+        requests.operations[operation, result] += 1
+        durations = requests.durations[operation]
         # The first bucket whose upper bound is >= seconds, as Histogram.observe picks it;
         # most requests take less than the first bound, which one comparison settles.
         if seconds <= _FIRST_BOUND:
@@ -224,8 +222,7 @@ class BrokerMetrics:
             durations.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
         durations.total += seconds
         if error_code is not None:
-            errors = requests.errors
-            errors[error_code] = errors.get(error_code, 0) + 1
+            requests.errors[error_code] += 1
 
     def render(self, snapshot: ScrapeSnapshot) -> bytes:
         self._state.snapshot = snapshot

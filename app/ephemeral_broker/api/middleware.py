@@ -22,11 +22,11 @@ all, those add up. In order, for each HTTP request:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import re
 import time
 import zlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
 from starlette.requests import ClientDisconnect
@@ -53,11 +53,26 @@ CLIENT_CLOSED_STATUS: Final = 499
 # The request headers any step reads; all others are skipped with one set lookup each.
 # Request ids: 16 hex digits of a counter that starts at a random 64-bit number. Unique
 # within a broker and unlikely to repeat across brokers; a correlation id, not a secret, so a
-# counter rather than random bits per request. The last two digits come from this table and
-# the first fourteen change once every 256 requests, so a request's id is one concatenation.
+# counter rather than random bits per request. They are made 256 at a time, each ready as its
+# response header and as text, so a request takes the next one from an iterator.
 _LOW_DIGITS: Final = tuple(b"%02x" % low for low in range(256))
+_ID_BATCH: Final = len(_LOW_DIGITS)
 _HIGH_MASK: Final = 2**56 - 1
 _monotonic: Final = time.monotonic
+RequestId = tuple[tuple[bytes, bytes], str]  # (the X-Request-ID header, the id as text)
+
+
+def _request_ids(first_batch: int) -> Iterator[RequestId]:
+    """Every id from batch `first_batch` on (batch n: the ids 256n to 256n + 255), endlessly."""
+    batch = first_batch
+    while True:
+        high = b"%014x" % (batch & _HIGH_MASK)
+        for low in _LOW_DIGITS:
+            rid = high + low
+            yield (b"x-request-id", rid), rid.decode()
+        batch += 1
+
+
 _PLAIN_RESPONSE_CALL: Final = Response.__call__
 _WANTED: Final = frozenset(
     {
@@ -92,9 +107,7 @@ class BrokerMiddleware:
         # (see api/app.py's asgi_entry): it is then the scope's `app`, and what is not HTTP
         # (lifespan) goes to it, the way the server would have called it.
         self.outer = outer
-        start = int.from_bytes(os.urandom(8), "big")
-        self._next_request_number = itertools.count(start).__next__
-        self._id_high = b"%014x" % (start >> 8)
+        self._next_request_id = _request_ids(int.from_bytes(os.urandom(7), "big")).__next__
         self.runtime = runtime
         self.metrics = metrics
         self.gzip_threshold = compression_threshold
@@ -131,15 +144,10 @@ class BrokerMiddleware:
         # 2. The request id.
         incoming_id = found.get(b"x-request-id")
         if incoming_id is not None and _REQUEST_ID.fullmatch(incoming_id):
-            rid_bytes = incoming_id
+            rid_header = (b"x-request-id", incoming_id)
             rid = incoming_id.decode()
         else:
-            number = self._next_request_number()
-            low = number & 0xFF
-            if not low:
-                self._id_high = b"%014x" % ((number >> 8) & _HIGH_MASK)
-            rid_bytes = self._id_high + _LOW_DIGITS[low]
-            rid = rid_bytes.decode()
+            rid_header, rid = self._next_request_id()
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
@@ -148,8 +156,6 @@ class BrokerMiddleware:
         path: str = scope["path"]
         probe = path in PROBE_PATHS
         runtime.requests_total += 1
-        if not probe:
-            runtime.last_activity = started
         status = 500
         sent = False  # a response start sent by this method itself
         # The send for every answer not sent below by this method itself (refusals, FastAPI's
@@ -159,7 +165,7 @@ class BrokerMiddleware:
         try:
             # 3. The drain gate.
             if runtime.draining and not probe:
-                reply = _Reply(self, send, rid_bytes, accepts_gzip)
+                reply = _Reply(self, send, rid_header, accepts_gzip)
                 await send_problem(
                     scope,
                     reply,
@@ -167,10 +173,13 @@ class BrokerMiddleware:
                 )
                 return
             # 4. Auth sees the body as sent on the wire, which a signature covers.
-            length = found.get(b"content-length")
-            chunked = b"transfer-encoding" in found
+            if found:
+                length = found.get(b"content-length")
+                chunked = b"transfer-encoding" in found
+            else:
+                length, chunked = None, False
             if self.auth is not None and not probe:
-                reply = _Reply(self, send, rid_bytes, accepts_gzip)
+                reply = _Reply(self, send, rid_header, accepts_gzip)
                 admitted = await self.auth.admit(
                     scope,
                     receive,
@@ -195,7 +204,7 @@ class BrokerMiddleware:
                 screened = _screen(scope, receive, self.limit, found, length, chunked)
                 if isinstance(screened, BrokerError):
                     if reply is None:
-                        reply = _Reply(self, send, rid_bytes, accepts_gzip)
+                        reply = _Reply(self, send, rid_header, accepts_gzip)
                     await send_problem(scope, reply, screened)
                     return
                 scope, receive = screened
@@ -214,7 +223,7 @@ class BrokerMiddleware:
                 response.raw_headers = problem_headers(error, problem)
             if response is None or type(response).__call__ is not _PLAIN_RESPONSE_CALL:
                 if reply is None:
-                    reply = _Reply(self, send, rid_bytes, accepts_gzip)
+                    reply = _Reply(self, send, rid_header, accepts_gzip)
                 if response is None:
                     await self.app(scope, receive, reply)
                 else:
@@ -224,11 +233,10 @@ class BrokerMiddleware:
             # (two fewer hops per message).
             status = response.status_code
             sent = True
-            start: Message = {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [*response.raw_headers, (b"x-request-id", rid_bytes)],
-            }
+            # The response's header list is its own, made with it: extended where it is.
+            headers = response.raw_headers
+            headers.append(rid_header)
+            start: Message = {"type": "http.response.start", "status": status, "headers": headers}
             body: Message = {"type": "http.response.body", "body": response.body}
             if accepts_gzip:
                 start, body = self._maybe_gzip(start, body)
@@ -246,7 +254,7 @@ class BrokerMiddleware:
             # the client gets `503 draining` (retry elsewhere), not uvicorn's plain-text 500.
             if not runtime.draining or sent or (reply is not None and reply.started):
                 raise
-            reply = reply or _Reply(self, send, rid_bytes, accepts_gzip)
+            reply = reply or _Reply(self, send, rid_header, accepts_gzip)
             await send_problem(
                 scope,
                 reply,
@@ -263,7 +271,7 @@ class BrokerMiddleware:
                 extra={"fields": {"request_id": rid, "method": scope["method"], "path": path}},
             )
             if not sent and (reply is None or not reply.started):
-                reply = reply or _Reply(self, send, rid_bytes, accepts_gzip)
+                reply = reply or _Reply(self, send, rid_header, accepts_gzip)
                 await send_problem(
                     scope,
                     reply,
@@ -273,8 +281,8 @@ class BrokerMiddleware:
             runtime.in_flight -= 1
             ended = _monotonic()
             if not probe:
-                # Idle time counts from the end of the last request: a long waiting read is
-                # activity for as long as it waits.
+                # Idle time counts from the end of the last request (while one is in flight
+                # the broker is not idle): a long waiting read is activity while it waits.
                 runtime.last_activity = ended
             if status == 500 and reply is not None and reply.started:
                 status = reply.status  # what _Reply sent (not a disconnect: that set 499)
@@ -282,9 +290,14 @@ class BrokerMiddleware:
             route = scope.get("route")
             # Every route the broker declares has a name; others (FastAPI's own) may not.
             operation = (route.name if route is not None else None) or "unrouted"
-            error_code = state.get("error_code")
-            result = state.get("result") or (error_code if status >= 400 else "ok")
-            self.metrics.observe(operation, str(result), error_code, elapsed)
+            # An error code is only ever recorded with a problem, whose status is 4xx or 5xx.
+            if status < 400:
+                error_code = None
+                result = state.get("result") or "ok"
+            else:
+                error_code = state.get("error_code")
+                result = state.get("result") or error_code or "error"
+            self.metrics.observe(operation, result, error_code, elapsed)
             if self.access_log:
                 access_logger.info(
                     "request",
@@ -322,14 +335,18 @@ class _Reply:
     """The send for answers BrokerMiddleware does not send itself: it adds X-Request-ID to the
     response start, gzips a large body when the client accepts it, and notes the status."""
 
-    __slots__ = ("_gzip", "_held", "_middleware", "_rid", "_send", "started", "status")
+    __slots__ = ("_gzip", "_held", "_middleware", "_rid_header", "_send", "started", "status")
 
     def __init__(
-        self, middleware: BrokerMiddleware, send: Send, rid: bytes, accepts_gzip: bool
+        self,
+        middleware: BrokerMiddleware,
+        send: Send,
+        rid_header: tuple[bytes, bytes],
+        accepts_gzip: bool,
     ) -> None:
         self._middleware = middleware
         self._send = send
-        self._rid = rid
+        self._rid_header = rid_header
         self._gzip = accepts_gzip
         self._held: Message | None = None
         self.started = False
@@ -339,7 +356,7 @@ class _Reply:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.started = True
-            message = {**message, "headers": [*message["headers"], (b"x-request-id", self._rid)]}
+            message = {**message, "headers": [*message["headers"], self._rid_header]}
             if self._gzip:
                 self._held = message  # wait for the body to decide on compression
                 return

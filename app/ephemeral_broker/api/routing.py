@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -325,7 +325,6 @@ class RouteTable:
 
     def __init__(self, routes: Iterable[Any]) -> None:
         by_method: dict[str, list[_Candidate]] = {}
-        static_paths: set[str] = set()
         for route in routes:
             if not isinstance(route, LeanRoute):
                 continue
@@ -334,25 +333,19 @@ class RouteTable:
             candidate = _Candidate(route, route.path_regex.match, convertors, as_matched)
             for method in route.methods or ():
                 by_method.setdefault(method, []).append(candidate)
-            if not route.param_convertors:
-                static_paths.add(route.path)
-        self._by_method: dict[str, Sequence[_Candidate]] = {
-            method: tuple(candidates) for method, candidates in by_method.items()
-        }
-        # The candidates with parameters only. A path that is not one of the static paths can
-        # match a static route's regex only as that path plus a final newline (`$` matches
-        # before one), so for any other path these are the only candidates that can match.
-        self._dynamic: dict[str, Sequence[_Candidate]] = {
-            method: tuple(c for c in candidates if c.route.param_convertors)
-            for method, candidates in self._by_method.items()
-        }
-        # method -> {path: what _search finds there}
-        self._static: dict[str, dict[str, tuple[LeanRoute, dict[str, Any]]]] = {}
-        for method in self._by_method:
-            for path in static_paths:
-                found = self._search(method, path)
-                if found is not None:
-                    self._static.setdefault(method, {})[path] = found
+        self._methods: dict[str, _MethodRoutes] = {}
+        for method, candidates in by_method.items():
+            every = tuple(candidates)
+            # First with no static answers and every candidate tried, to find the static ones.
+            self._methods[method] = _MethodRoutes({}, every, every)
+            static_paths = {c.route.path for c in every if not c.route.param_convertors}
+            answers = {path: self._lookup(method, path) for path in static_paths}
+            static = {path: found[0] for path, found in answers.items() if found is not None}
+            # A path that is not one of the static paths can match a static route's regex only
+            # as that path plus a final newline (`$` matches before one): for any other path,
+            # the routes with parameters are the only candidates.
+            dynamic = tuple(c for c in every if c.route.param_convertors)
+            self._methods[method] = _MethodRoutes(static, dynamic, every)
 
     def find(self, scope: Scope) -> tuple[LeanRoute, dict[str, Any]] | None:
         """The route for this request and its path parameters, or None."""
@@ -374,18 +367,13 @@ class RouteTable:
         return route.call(scope, receive)
 
     def _lookup(self, method: str, path: str) -> tuple[LeanRoute, dict[str, Any]] | None:
-        static = self._static.get(method)
-        known = static.get(path) if static is not None else None
+        routes = self._methods.get(method)
+        if routes is None:
+            return None
+        known = routes.static.get(path)
         if known is not None:
-            route, path_params = known
-            return route, dict(path_params)  # a fresh dict: the scope's to change
-        return self._search(method, path, dynamic_only=not path.endswith("\n"))
-
-    def _search(
-        self, method: str, path: str, *, dynamic_only: bool = False
-    ) -> tuple[LeanRoute, dict[str, Any]] | None:
-        table = self._dynamic if dynamic_only else self._by_method
-        for candidate in table.get(method, ()):
+            return known, {}  # a static path has no parameters
+        for candidate in routes.every if path.endswith("\n") else routes.dynamic:
             match = candidate.match(path)
             if match is not None:
                 if candidate.as_matched:
@@ -397,3 +385,12 @@ class RouteTable:
                 }
                 return candidate.route, path_params
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class _MethodRoutes:
+    """One method's routes: the static paths' answers, and the candidates to try in order."""
+
+    static: dict[str, LeanRoute]
+    dynamic: tuple[_Candidate, ...]  # the routes with path parameters
+    every: tuple[_Candidate, ...]

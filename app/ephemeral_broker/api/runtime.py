@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
-@dataclass
+@dataclass(slots=True)
 class Runtime:
     version: str
     started: float = field(default_factory=time.monotonic)

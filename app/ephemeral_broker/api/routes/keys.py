@@ -178,7 +178,7 @@ async def get_key(
         str | None, Header(description='`"<version>"`: answer 304 if the key is still at it.')
     ] = None,
 ) -> Response:
-    condition = parse_etags(if_none_match, "If-None-Match")
+    condition = parse_etags(if_none_match, "If-None-Match") if if_none_match else None
     store = store_of(request)
     if wait_ms:
         item = await unless_draining(
