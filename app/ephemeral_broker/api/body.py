@@ -28,28 +28,39 @@ from ephemeral_broker.errors import BrokerError, ErrorCode
 
 MAX_JSON_DEPTH: Final = 64
 # orjson reads integers beyond 64 bits as floats, silently losing digits. Any such integer has
-# at least 19 digits (-9223372036854775809, just below the signed range, has 19), so only
-# bodies with a run of 19 digits are checked exactly.
-_LONG_DIGITS_RUN: Final = 19  # the shortest integer that can pass 64 bits
-_LONG_DIGITS: Final = re.compile(rb"\d{%d}" % _LONG_DIGITS_RUN)
-# Every byte but the ASCII digits: `translate(None, _NOT_DIGITS)` keeps a body's digits only.
-_NOT_DIGITS: Final = bytes(byte for byte in range(256) if not 0x30 <= byte <= 0x39)
+# at least 19 digits (-9223372036854775809, just below the signed range, has 19), so only a
+# body whose parsed value holds a float and whose text has a run of 19 digits is checked
+# exactly.
+_LONG_DIGITS: Final = re.compile(rb"\d{19}")
 _INT_MIN: Final = -(2**63)
 _UINT_MAX: Final = 2**64 - 1
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node
-        if depth > limit:
-            return True
-        for child in children:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
-    return False
+# What _scan finds in parsed JSON, as bits.
+_TOO_DEEP: Final = 1  # a container nested deeper than MAX_JSON_DEPTH
+_HAS_FLOAT: Final = 2  # a float: what orjson makes of an integer beyond 64 bits, among others
+
+
+def _scan(node: Any, depth: int = 1) -> int:
+    """_TOO_DEEP and _HAS_FLOAT bits for a container from orjson at `depth` (the top is 1).
+
+    One walk over the parsed value answers both questions with the types orjson returns, in
+    about the time a C-level scan of the body's bytes took for each; a body without a float
+    cannot have lost an integer's digits, so only such a body is looked at again as text.
+    """
+    if depth > MAX_JSON_DEPTH:
+        return _TOO_DEEP
+    found = 0
+    for child in node.values() if type(node) is dict else node:
+        kind = type(child)
+        if kind is float:
+            found = _HAS_FLOAT
+        elif kind is dict or kind is list:
+            found |= _scan(child, depth + 1)
+            if found & _TOO_DEEP:
+                return found
+    return found
 
 
 def _exact_int(text: str) -> int:
@@ -86,23 +97,13 @@ def parse_json(body: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         # orjson's messages name a position, never the body's content.
         raise BrokerError("invalid_json", f"the request body is not valid JSON: {exc}") from None
-    # Counting brackets is a fast C-level bound: only a body with more than 64 of them can nest
-    # that deep, so the exact walk runs only for those.
-    if (
-        isinstance(data, dict | list)
-        and body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH
-        and _deeper_than(data, MAX_JSON_DEPTH)
-    ):
+    kind = type(data)
+    found = _scan(data) if kind is dict or kind is list else _HAS_FLOAT if kind is float else 0
+    if found & _TOO_DEEP:
         raise BrokerError(
             "invalid_json", f"the request body's JSON nests deeper than {MAX_JSON_DEPTH} levels"
         )
-    # A run of 19 digits needs 19 digits in all: a C-level count first, because the regex
-    # search tries every position of the body in turn (most of what parsing a body cost).
-    if (
-        len(body.translate(None, _NOT_DIGITS)) >= _LONG_DIGITS_RUN
-        and _LONG_DIGITS.search(body) is not None
-        and _has_huge_integer(body)
-    ):
+    if found & _HAS_FLOAT and _LONG_DIGITS.search(body) is not None and _has_huge_integer(body):
         raise BrokerError(
             "invalid_json",
             "the request body has a JSON integer outside the 64-bit range, which would lose "
