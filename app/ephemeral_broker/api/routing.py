@@ -263,12 +263,17 @@ class LeanRoute(APIRoute):
         `Request` is built only for an endpoint that takes one."""
         request = LeanRequest(scope, receive) if self._request_name is not None else None
         quick = self._quick_defaults
-        if quick is not None and not scope.get("query_string"):
+        # A query matters only to a route with query parameters, a header only to one with
+        # header parameters (FastAPI ignores the others too).
+        if quick is not None and not (self._query_params and scope.get("query_string")):
             wanted = self._header_keys
-            for name, _ in scope["headers"]:
-                if name in wanted:
-                    break
-            else:
+            sent = False
+            if wanted:
+                for name, _ in scope["headers"]:
+                    if name in wanted:
+                        sent = True
+                        break
+            if not sent:
                 # What bind would return: the path's text as it is, every default as it is.
                 if self._positional:
                     first = self._leading_path
