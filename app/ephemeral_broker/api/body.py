@@ -7,9 +7,9 @@ import difflib
 import functools
 import itertools
 import json
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Final, TypeVar
 
 import orjson
@@ -27,11 +27,12 @@ from ephemeral_broker.api.schemas import (
 from ephemeral_broker.errors import BrokerError, ErrorCode
 
 MAX_JSON_DEPTH: Final = 64
-# orjson reads integers beyond 64 bits as floats, silently losing digits. Any such integer has
-# at least 19 digits (-9223372036854775809, just below the signed range, has 19), so only a
-# body whose parsed value holds a float and whose text has a run of 19 digits is checked
-# exactly.
-_LONG_DIGITS: Final = re.compile(rb"\d{19}")
+# orjson reads integers beyond 64 bits as floats, silently losing digits, and the document
+# (JSON Schema) counts any number with no fractional part as an integer, however it is written:
+# 1e20 is the integer 100000000000000000000, outside the 64-bit range like its digits. Either
+# kind parses to a float of magnitude 2^63 or more, so only a body holding such a float is read
+# again, exactly, to decide.
+_WIDE_FLOAT: Final = 2.0**63
 _INT_MIN: Final = -(2**63)
 _UINT_MAX: Final = 2**64 - 1
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -39,15 +40,15 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 # What _scan finds in parsed JSON, as bits.
 _TOO_DEEP: Final = 1  # a container nested deeper than MAX_JSON_DEPTH
-_HAS_FLOAT: Final = 2  # a float: what orjson makes of an integer beyond 64 bits, among others
+_WIDE: Final = 2  # a float of magnitude 2^63 or more (see _WIDE_FLOAT)
 
 
 def _scan(node: Any, depth: int = 1) -> int:
-    """_TOO_DEEP and _HAS_FLOAT bits for a container from orjson at `depth` (the top is 1).
+    """_TOO_DEEP and _WIDE bits for a container from orjson at `depth` (the top is 1).
 
     One walk over the parsed value answers both questions with the types orjson returns, in
-    about the time a C-level scan of the body's bytes took for each; a body without a float
-    cannot have lost an integer's digits, so only such a body is looked at again as text.
+    about the time a C-level scan of the body's bytes took for each; only a body with a wide
+    float is read again as text (_has_wide_integer).
     """
     if depth > MAX_JSON_DEPTH:
         return _TOO_DEEP
@@ -55,7 +56,8 @@ def _scan(node: Any, depth: int = 1) -> int:
     for child in node.values() if type(node) is dict else node:
         kind = type(child)
         if kind is float:
-            found = _HAS_FLOAT
+            if not -_WIDE_FLOAT < child < _WIDE_FLOAT:
+                found |= _WIDE
         elif kind is dict or kind is list:
             found |= _scan(child, depth + 1)
             if found & _TOO_DEEP:
@@ -70,9 +72,18 @@ def _exact_int(text: str) -> int:
     return number
 
 
-def _has_huge_integer(body: bytes) -> bool:
+def _exact_float(text: str) -> float:
+    number = Decimal(text)
+    if number == number.to_integral_value() and not _INT_MIN <= number <= _UINT_MAX:
+        raise ValueError(text)
+    return 0.0  # the value itself is not kept
+
+
+def _has_wide_integer(body: bytes) -> bool:
+    """Whether the body has an integer outside -2^63..2^64-1, written with digits only or
+    as a number with no fractional part (1e20, 2.5e30), read exactly from its text."""
     try:
-        json.loads(body, parse_int=_exact_int)
+        json.loads(body, parse_int=_exact_int, parse_float=_exact_float)
     except ValueError:
         return True
     return False
@@ -98,15 +109,19 @@ def parse_json(body: bytes) -> Any:
         # orjson's messages name a position, never the body's content.
         raise BrokerError("invalid_json", f"the request body is not valid JSON: {exc}") from None
     kind = type(data)
-    found = _scan(data) if kind is dict or kind is list else _HAS_FLOAT if kind is float else 0
+    if kind is dict or kind is list:
+        found = _scan(data)
+    else:
+        found = _WIDE if kind is float and not -_WIDE_FLOAT < data < _WIDE_FLOAT else 0
     if found & _TOO_DEEP:
         raise BrokerError(
             "invalid_json", f"the request body's JSON nests deeper than {MAX_JSON_DEPTH} levels"
         )
-    if found & _HAS_FLOAT and _LONG_DIGITS.search(body) is not None and _has_huge_integer(body):
+    if found & _WIDE and _has_wide_integer(body):
         raise BrokerError(
             "invalid_json",
-            "the request body has a JSON integer outside the 64-bit range, which would lose "
+            "the request body has a JSON integer outside the 64-bit range (a number with no "
+            "fractional part counts, however it is written, e.g. 1e20), which would lose "
             "digits; send such numbers as strings",
         )
     return data

@@ -103,8 +103,9 @@ UINT64_MAX: Final = 2**64 - 1
 _JSON_VALUE_REF: Final = {"$ref": "#/components/schemas/JsonValue"}
 JSON_VALUE: Final = {
     "description": "Any JSON value. Integers are kept exactly, so only those from -2^63 to "
-    "2^64-1 are accepted (larger ones would lose digits: send them as strings); nesting is at "
-    "most 64 levels deep.",
+    "2^64-1 are accepted (larger ones would lose digits: send them as strings); a number with "
+    "no fractional part is an integer however it is written (1e20 is refused, 1.5e20 too: it "
+    "is 150000000000000000000); nesting is at most 64 levels deep.",
     "anyOf": [
         {"type": "null"},
         {"type": "boolean"},

@@ -1,10 +1,13 @@
 """parse_json (api/body.py) refuses exactly the JSON it must: nesting deeper than 64 levels, and
-integers beyond 64 bits (which orjson would silently turn into floats). It decides both from
-one walk over the parsed value; these hold it to a plain reference over the same texts."""
+integers beyond 64 bits (which orjson would silently turn into floats), whether written with
+digits only or as a number with no fractional part (1e20), as JSON Schema counts them. It
+decides both from one walk over the parsed value; these hold it to a plain reference over the
+same texts."""
 
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -34,6 +37,7 @@ _SCALARS = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
     st.sampled_from(_EDGE_INTS),
     st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([1e19, 1e20, 2.0**63, 2.0**64, -(2.0**63), -(2.0**64), 1.5e300]),
     st.text(alphabet="0123456789x", max_size=25),  # digit runs inside strings are not numbers
 )
 _VALUES = st.recursive(
@@ -52,10 +56,14 @@ def _depth(value: Any) -> int:
 
 
 def _has_wide_int(value: Any) -> bool:
+    """As JSON Schema counts integers: any number with no fractional part, 1e20 included.
+    `value` is parsed with Decimal for numbers with a fraction or exponent, so that the number
+    is the one the text says (json.dumps writes -2^63 as -9.223372036854776e+18, which is not
+    -2^63)."""
     if isinstance(value, bool):
         return False
-    if isinstance(value, int):
-        return not _INT64_MIN <= value <= _UINT64_MAX
+    if isinstance(value, int | Decimal) and value == int(value):
+        return not _INT64_MIN <= int(value) <= _UINT64_MAX
     if isinstance(value, dict):
         return any(_has_wide_int(v) for v in value.values())
     if isinstance(value, list):
@@ -77,9 +85,14 @@ def _nested(levels: int, leaf: Any = 1) -> Any:
 @example(value=_nested(MAX_JSON_DEPTH - 1, 10**25))
 @example(value=[1.5, 10**20])
 @example(value={"a": "12345678901234567890123", "b": 2.5})
+@example(value={"value": 6.634770800035887e271, "ttl_ms": 1200})
+@example(value=[1e19, -9.223372036854776e18, 1.5])
+@example(value=2.0**64)
+@example(value=-(2.0**63) * 2)
 def test_parse_json_refuses_exactly_too_deep_and_too_wide(value: Any) -> None:
     text = json.dumps(value).encode()
-    expected_refusal = _depth(value) > MAX_JSON_DEPTH or _has_wide_int(value)
+    exact = json.loads(text, parse_float=Decimal)
+    expected_refusal = _depth(value) > MAX_JSON_DEPTH or _has_wide_int(exact)
     try:
         parsed = parse_json(text)
     except BrokerError as error:
