@@ -15,6 +15,7 @@ from ephemeral_broker.store import Store
 from ephemeral_broker.store.base import VersionMatch
 
 JSON: Final = "application/json"
+_new_object: Final = object.__new__
 _CONTENT_TYPE_HEADER: Final = (b"content-type", JSON.encode())
 # The Content-Length header of every body under 1 KiB, made once (about 90 KiB): formatting an
 # int as bytes costs about as much as all the rest of building a small response.
@@ -71,15 +72,11 @@ class JSONBytesResponse(Response):
         self.status_code = status_code
         self.body = body
         self.background = None
-        if not headers and status_code == 200:
-            # The common answer, built in one step: an ETag when there is a version.
+        if not headers and status_code == 200 and version is None:
+            # The common answer without a version (ping, listings), in one step.
             size = len(body)
             length = _LENGTH_HEADERS[size] if size < _SMALL_BODY else content_length(size)
-            self.raw_headers = (
-                [(b"etag", b'"%d"' % version), length, _CONTENT_TYPE_HEADER]
-                if version is not None
-                else [length, _CONTENT_TYPE_HEADER]
-            )
+            self.raw_headers = [length, _CONTENT_TYPE_HEADER]
             return
         raw: list[tuple[bytes, bytes]] = (
             [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
@@ -92,6 +89,25 @@ class JSONBytesResponse(Response):
             raw.append(content_length(len(body)))
         raw.append(_CONTENT_TYPE_HEADER)
         self.raw_headers = raw
+
+    @classmethod
+    def of(cls, body: bytes, status_code: int = 200, version: int | None = None) -> Response:
+        """The same response as `JSONBytesResponse(body, status_code, version=version)` for a
+        status with a body and no headers of the route's own: the broker's common answers,
+        built for a third less than through `__init__` (a class call with a keyword argument
+        goes through a slower path in CPython than a method call does)."""
+        response = _new_object(cls)
+        response.status_code = status_code
+        response.body = body
+        response.background = None
+        size = len(body)
+        length = _LENGTH_HEADERS[size] if size < _SMALL_BODY else content_length(size)
+        response.raw_headers = (
+            [(b"etag", b'"%d"' % version), length, _CONTENT_TYPE_HEADER]
+            if version is not None
+            else [length, _CONTENT_TYPE_HEADER]
+        )
+        return response
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

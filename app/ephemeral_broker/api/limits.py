@@ -170,6 +170,11 @@ def guard_body(
             "identity, gzip or deflate",
         )
     if coding == "identity":
+        if length is not None and not chunked:
+            # Within the limit as declared, and an HTTP server delivers exactly the declared
+            # bytes as the body (uvicorn's parser reads any more as the next request): nothing
+            # to count. A chunked body has no such bound, so it is counted as it arrives.
+            return scope, receive
         return scope, _CountingReceive(receive, limit)
     headers = [
         (n, v) for n, v in scope["headers"] if n not in (b"content-encoding", b"content-length")

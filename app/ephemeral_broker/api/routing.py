@@ -315,6 +315,24 @@ class _Candidate:
     match: Callable[[str], Any]  # the route's compiled path regex
     convertors: Mapping[str, Convertor[Any]]
     as_matched: bool  # every convertor is one of _IDENTITY_CONVERTORS
+    # A route whose path is text then one `name` parameter at its end (/v1/keys/{key:name}):
+    # that text and the parameter. Its regex, `^<text>(?P<key>[^/]*)$`, matches exactly the
+    # paths that start with the text and have no '/' after it, and captures all the rest (a
+    # final newline too: `[^/]*` takes it before `$` is tried), so two string tests decide it.
+    prefix: str | None = None
+    param: str = ""
+
+
+def _candidate(route: LeanRoute) -> _Candidate:
+    convertors = route.param_convertors
+    as_matched = all(type(c) in _IDENTITY_CONVERTORS for c in convertors.values())
+    prefix, param = None, ""
+    if len(convertors) == 1:
+        ((name, convertor),) = convertors.items()
+        head, brace, tail = route.path.partition("{")
+        if type(convertor) is NameConvertor and brace and tail == f"{name}:name}}":
+            prefix, param = head, name
+    return _Candidate(route, route.path_regex.match, convertors, as_matched, prefix, param)
 
 
 class RouteTable:
@@ -333,9 +351,7 @@ class RouteTable:
         for route in routes:
             if not isinstance(route, LeanRoute):
                 continue
-            convertors = route.param_convertors
-            as_matched = all(type(c) in _IDENTITY_CONVERTORS for c in convertors.values())
-            candidate = _Candidate(route, route.path_regex.match, convertors, as_matched)
+            candidate = _candidate(route)
             for method in route.methods or ():
                 by_method.setdefault(method, []).append(candidate)
         self._methods: dict[str, _MethodRoutes] = {}
@@ -379,6 +395,13 @@ class RouteTable:
         if known is not None:
             return known, {}  # a static path has no parameters
         for candidate in routes.every if path.endswith("\n") else routes.dynamic:
+            prefix = candidate.prefix
+            if prefix is not None:
+                if path.startswith(prefix):
+                    rest = path[len(prefix) :]
+                    if "/" not in rest:
+                        return candidate.route, {candidate.param: rest}
+                continue
             match = candidate.match(path)
             if match is not None:
                 if candidate.as_matched:

@@ -215,15 +215,16 @@ class MemoryStore:
                 self._on_items_changed(len(self._items))
             created = True
         else:
-            self._stored_bytes -= self._footprint(key, entry)
+            # The key's bytes and the overhead stay: only the data's size changes the footprint.
+            self._stored_bytes += len(data) - len(entry.data)
             entry.data = data
             entry.compressed = compressed
             entry.size = len(value)
             entry.version = self._version
             entry.expires_at = expires_at
             entry.ttl_ms = ttl
-            self._stored_bytes += self._footprint(key, entry)
-            self._schedule(key, entry)
+            if expires_at < entry.scheduled:  # _schedule's test, written out
+                self._push(key, entry)
             created = False
         if self._watchers:
             self._watchers.notify(key)
@@ -270,11 +271,17 @@ class MemoryStore:
         ttl_ms: int | None,
         precondition: Precondition = NO_PRECONDITION,
     ) -> SetResult:
-        check_name(key, self.limits.max_key_length)
-        ttl = self._ttl(ttl_ms, key, required=self.limits.require_ttl)
+        limits = self.limits
+        check_name(key, limits.max_key_length)
+        # _ttl's common case, written out: a valid TTL taken as it is.
+        if type(ttl_ms) is int and 0 < ttl_ms <= limits.max_ttl:
+            ttl = ttl_ms
+        else:
+            ttl = self._ttl(ttl_ms, key, required=limits.require_ttl)
         now = self.clock.now_ms()
         entry = self._live(key, now)
-        self._check_precondition(key, entry, precondition)
+        if precondition is not NO_PRECONDITION:
+            self._check_precondition(key, entry, precondition)
         entry, created = self._write(key, entry, value, ttl, now + ttl, now)
         meta = _tuple_new(ItemMeta, (key, entry.version, entry.expires_at, ttl))
         return _tuple_new(SetResult, (created, meta))

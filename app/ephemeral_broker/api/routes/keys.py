@@ -137,7 +137,7 @@ async def set_key(
         meta.expires_at,
         meta.ttl_ms,
     )
-    return JSONBytesResponse(body, 201 if result.created else 200, version=meta.version)
+    return JSONBytesResponse.of(body, 201 if result.created else 200, meta.version)
 
 
 @router.get(
@@ -203,7 +203,7 @@ async def get_key(
     set_result(request, "hit")
     if condition is not None and (condition == "*" or item.version in condition):
         return Response(status_code=304, headers={"ETag": etag(item.version)})
-    return JSONBytesResponse(item_body(item), version=item.version)
+    return JSONBytesResponse.of(item_body(item), 200, item.version)
 
 
 @router.delete(
@@ -242,7 +242,7 @@ async def delete_key(
 async def incr_key(key: str, request: Request) -> Response:
     payload = await read_fields(request, IncrRequest, empty_is="{}")
     item = await store_of(request).incr(key, payload["by"], payload["ttl_ms"])
-    return JSONBytesResponse(item_body(item), version=item.version)
+    return JSONBytesResponse.of(item_body(item), 200, item.version)
 
 
 @router.post(
@@ -257,4 +257,4 @@ async def touch_key(key: str, request: Request) -> Response:
     payload = await read_fields(request, TouchRequest)
     meta = await store_of(request).touch(key, payload["ttl_ms"])
     body = {"key": meta.key, "version": meta.version, "expires_at": meta.expires_at}
-    return JSONBytesResponse(orjson.dumps(body), version=meta.version)
+    return JSONBytesResponse.of(orjson.dumps(body), 200, meta.version)
