@@ -1,7 +1,8 @@
 """The raw-ASGI baseline: the broker's uvicorn configuration serving a trivial app.
 
-`python -m bench.baseline SOCKET` binds SOCKET and answers every request with a fixed JSON body
-shaped like a broker GET, so "broker GET costs X times the bare server" compares like with like.
+`python -m bench.baseline SOCKET [--loaded]` binds SOCKET and answers every request with a fixed
+JSON body shaped like a broker GET, so "broker GET costs X times the bare server" compares like
+with like.
 A request with a body (PUT, POST) has it read first, as any app that uses it must: the floor of
 a write includes receiving what is written.
 """
@@ -51,5 +52,16 @@ async def main(path: str) -> None:
     await asyncio.sleep(0)
 
 
+def load_the_broker() -> object:
+    """The broker's app, built and kept but never served: `--loaded` gives the floor a process
+    of the broker's size (its modules, FastAPI, pydantic, its routes) with the same trivial
+    request path, to tell the cost of a process's size from the cost of its request path."""
+    from ephemeral_broker.api.app import create_app
+    from ephemeral_broker.settings import BrokerSettings
+
+    return create_app(BrokerSettings())
+
+
 if __name__ == "__main__":
+    kept = load_the_broker() if "--loaded" in sys.argv[2:] else None
     run_in_new_loop(main(sys.argv[1]))

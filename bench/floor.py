@@ -19,10 +19,17 @@ request first wakes that CPU; on a shared virtual machine what the server then f
 caches depends on the host, and the cost of refilling them grows with how much memory a request
 touches. The free figures move by a factor of two between runs on a busy host (the floor's own
 median from 30 to 60 µs), so they are reported beside the pinned ones, not instead of them.
+
+What that cost follows is the size of the process, not its request path: the free measurement
+also runs a third server, the same floor in a process that has built the broker's app (and
+never serves it), `python -m bench.baseline --loaded`. Its requests do exactly what the floor's
+do; pinned it costs what the floor costs, free it costs about what the broker costs, up to twice
+the floor. Its column and the broker's ratio to it are in the free table.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import statistics
@@ -159,18 +166,23 @@ def _measure(
     with `cpu`, the two servers and this process all run on that CPU alone."""
     warmup = min(200, count)
     own_cpus = os.sched_getaffinity(0)
-    with start_broker("--max-items", "0") as broker_server, start_baseline() as floor_server:
+    with contextlib.ExitStack() as servers:
+        broker_server = servers.enter_context(start_broker("--max-items", "0"))
+        floor_server = servers.enter_context(start_baseline())
         sides = {
             "broker": _Side(broker_server, RawConnection(broker_server.socket)),
             "floor": _Side(floor_server, RawConnection(floor_server.socket)),
         }
-        if cpu is not None:
+        if cpu is None:
+            loaded = servers.enter_context(start_baseline(loaded=True))
+            sides["loaded_floor"] = _Side(loaded, RawConnection(loaded.socket))
+        else:
             for pid in (broker_server.pid, floor_server.pid, 0):
                 os.sched_setaffinity(pid, {cpu})
         try:
             _prepare(sides["broker"], (rounds + 1) * count + warmup)
             samples: dict[str, dict[str, list[float]]] = {
-                op: {"broker": [], "floor": []} for op in operations
+                op: {name: [] for name in sides} for op in operations
             }
             for side in sides.values():
                 for op in operations:
@@ -197,6 +209,12 @@ def _measure(
             "floor_min_cpu_us": round(min(bare), 1),
             "ratio_of_min": round(min(broker) / min(bare), 2),
         }
+        if "loaded_floor" in samples[op]:
+            loaded_cpu = samples[op]["loaded_floor"]
+            results[op]["loaded_floor_cpu_us"] = round(statistics.median(loaded_cpu), 1)
+            results[op]["ratio_to_loaded"] = round(
+                statistics.median([b / f for b, f in zip(broker, loaded_cpu, strict=True)]), 2
+            )
     return results
 
 
@@ -216,16 +234,21 @@ def render(results: dict[str, Any]) -> list[str]:
 
 
 def _table(rows: dict[str, Any]) -> list[str]:
+    loaded = any("loaded_floor_cpu_us" in rows[op] for op in OPERATIONS if op in rows)
     lines = [
         f"{'operation':<10} {'broker µs':>10} {'floor µs':>10} {'ratio':>7}   "
         f"{'quietest: broker':>16} {'floor':>7} {'ratio':>7}"
+        + (f"   {'loaded floor µs':>15} {'ratio':>7}" if loaded else "")
     ]
     for op in OPERATIONS:
         if op in rows:
             row = rows[op]
-            lines.append(
+            line = (
                 f"{op:<10} {row['broker_cpu_us']:>10.1f} {row['floor_cpu_us']:>10.1f} "
                 f"{row['ratio']:>6.2f}x   {row['broker_min_cpu_us']:>16.1f} "
                 f"{row['floor_min_cpu_us']:>7.1f} {row['ratio_of_min']:>6.2f}x"
             )
+            if loaded:
+                line += f"   {row['loaded_floor_cpu_us']:>15.1f} {row['ratio_to_loaded']:>6.2f}x"
+            lines.append(line)
     return lines

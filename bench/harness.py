@@ -116,10 +116,12 @@ def start_broker(*flags: str) -> ServerProcess:
     )
 
 
-def start_baseline() -> ServerProcess:
-    """The same uvicorn configuration serving a trivial pure-ASGI app (bench/baseline.py)."""
+def start_baseline(*, loaded: bool = False) -> ServerProcess:
+    """The same uvicorn configuration serving a trivial pure-ASGI app (bench/baseline.py);
+    `loaded`: in a process that has also built (and never serves) the broker's app."""
+    extra = ["--loaded"] if loaded else []
     return start_server(
-        lambda sock: [sys.executable, "-m", "bench.baseline", str(sock)], "BASELINE_READY"
+        lambda sock: [sys.executable, "-m", "bench.baseline", str(sock), *extra], "BASELINE_READY"
     )
 
 

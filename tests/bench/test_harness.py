@@ -115,3 +115,8 @@ def test_only_the_floor_section_reports_each_operation_against_its_floor(tmp_pat
         assert result.stdout.count(f"\n{operation} ") >= len(tables)
     assert "against the floor" in result.stdout
     assert ("the scheduler free to place them" in result.stdout) == several_cpus
+    if several_cpus:
+        # Free, beside the floor: the same floor in a process of the broker's size.
+        for operation in ("get", "put", "delete", "incr", "ping"):
+            row = floor["unpinned"][operation]
+            assert row["loaded_floor_cpu_us"] > 0 and row["ratio_to_loaded"] > 0, row
