@@ -142,7 +142,7 @@ class BrokerMiddleware:
         accepts_gzip = gzip_named and self.gzip_threshold > 0
 
         # 2. The request id.
-        incoming_id = found.get(b"x-request-id")
+        incoming_id = found.get(b"x-request-id") if found else None
         if incoming_id is not None and _REQUEST_ID.fullmatch(incoming_id):
             rid_header = (b"x-request-id", incoming_id)
             rid = incoming_id.decode()
@@ -195,11 +195,12 @@ class BrokerMiddleware:
                 receive = admitted
             # 5 and 6. Names in the path and query; body limits and Content-Encoding. Only a
             # request with a body, or a target with a percent-escape, has anything to check.
+            query: bytes = scope["query_string"]
             if (
                 length is not None
                 or chunked
                 or PERCENT in (scope.get("raw_path") or b"")
-                or PERCENT in scope["query_string"]
+                or (query and PERCENT in query)
             ):
                 screened = _screen(scope, receive, self.limit, found, length, chunked)
                 if isinstance(screened, BrokerError):
