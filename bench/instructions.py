@@ -60,14 +60,16 @@ class _Transport(asyncio.Transport):
 def _protocol(side: str) -> tuple[Any, _Transport]:
     from uvicorn.server import ServerState
 
-    from bench import baseline
-    from ephemeral_broker.api.app import asgi_entry, create_app
     from ephemeral_broker.serving.server import uvicorn_config
-    from ephemeral_broker.settings import BrokerSettings
 
     if side == "broker":
+        from ephemeral_broker.api.app import asgi_entry, create_app
+        from ephemeral_broker.settings import BrokerSettings
+
         config = uvicorn_config(asgi_entry(create_app(BrokerSettings())), drain_timeout_ms=0)
     else:
+        from bench import baseline
+
         config = uvicorn_config(baseline.app, drain_timeout_ms=0, lifespan="off")
     config.load()
     protocol = config.http_protocol_class(  # type: ignore[call-arg]

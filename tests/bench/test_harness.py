@@ -4,6 +4,8 @@ memory targets are read from `python -m bench` runs, never checked in tests."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -11,6 +13,7 @@ import pytest
 
 from bench.__main__ import missing_fields
 from tests.support.commands import run_module
+from tests.support.paths import ROOT
 
 
 @pytest.mark.timeout(900)
@@ -120,3 +123,17 @@ def test_only_the_floor_section_reports_each_operation_against_its_floor(tmp_pat
         for operation in ("get", "put", "delete", "incr", "ping"):
             row = floor["unpinned"][operation]
             assert row["loaded_floor_cpu_us"] > 0 and row["ratio_to_loaded"] > 0, row
+
+
+def test_the_floor_process_loads_no_web_framework() -> None:
+    """The floor is a bare ASGI server: its process must not carry FastAPI or Starlette, whose
+    mere presence (a bigger process) raises a request's cost when the scheduler moves it between
+    CPUs (bench/floor.py). `--loaded` is the one floor that builds the broker's app on purpose."""
+    probe = (
+        "import sys, bench.baseline; "
+        "print(sorted(m for m in ('fastapi', 'starlette') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout

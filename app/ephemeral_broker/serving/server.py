@@ -18,7 +18,6 @@ from typing import Any, Final, TypeVar
 
 import uvicorn
 
-from ephemeral_broker.api.app import asgi_entry
 from ephemeral_broker.api.runtime import Runtime
 from ephemeral_broker.errors import BrokerError
 from ephemeral_broker.logs import logger
@@ -215,6 +214,10 @@ async def serve(
     """
     SIGNALS.install()
     runtime: Runtime = app.state.runtime
+    # Imported here: the floor benchmark (bench/baseline.py) imports this module for
+    # uvicorn_config, and its process must stay a bare ASGI server's, without FastAPI loaded.
+    from ephemeral_broker.api.app import asgi_entry
+
     config = uvicorn_config(
         asgi_entry(app), drain_timeout_ms=settings.drain_timeout, limits=connection_limits(settings)
     )
