@@ -43,8 +43,9 @@ _TOO_DEEP: Final = 1  # a container nested deeper than MAX_JSON_DEPTH
 _WIDE: Final = 2  # a float of magnitude 2^63 or more (see _WIDE_FLOAT)
 
 
-def _scan(node: Any, depth: int = 1) -> int:
-    """_TOO_DEEP and _WIDE bits for a container from orjson at `depth` (the top is 1).
+def _scan(node: Any, depth: int) -> int:
+    """_TOO_DEEP and _WIDE bits for a container from orjson at `depth` (a body's top-level
+    object or array is at 1).
 
     One walk over the parsed value answers both questions with the types orjson returns, in
     about the time a C-level scan of the body's bytes took for each; only a body with a wide
@@ -108,11 +109,9 @@ def parse_json(body: bytes) -> Any:
     except orjson.JSONDecodeError as exc:
         # orjson's messages name a position, never the body's content.
         raise BrokerError("invalid_json", f"the request body is not valid JSON: {exc}") from None
-    kind = type(data)
-    if kind is dict or kind is list:
-        found = _scan(data)
-    else:
-        found = _WIDE if kind is float and not -_WIDE_FLOAT < data < _WIDE_FLOAT else 0
+    # Scanned as the one child of a container at depth 0, so that a top-level scalar (a wide
+    # float) is looked at by the same test as one inside an object.
+    found = _scan((data,), 0)
     if found & _TOO_DEEP:
         raise BrokerError(
             "invalid_json", f"the request body's JSON nests deeper than {MAX_JSON_DEPTH} levels"
@@ -338,7 +337,7 @@ def _int(value: Any) -> bool:
 
 
 def _int_or_null(value: Any) -> bool:
-    return value is None or (type(value) is int and INT64_MIN <= value <= INT64_MAX)
+    return value is None or _int(value)
 
 
 @dataclass(frozen=True)

@@ -72,12 +72,6 @@ class JSONBytesResponse(Response):
         self.status_code = status_code
         self.body = body
         self.background = None
-        if not headers and status_code == 200 and version is None:
-            # The common answer without a version (ping, listings), in one step.
-            size = len(body)
-            length = _LENGTH_HEADERS[size] if size < _SMALL_BODY else content_length(size)
-            self.raw_headers = [length, _CONTENT_TYPE_HEADER]
-            return
         raw: list[tuple[bytes, bytes]] = (
             [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
             if headers
@@ -100,8 +94,7 @@ class JSONBytesResponse(Response):
         response.status_code = status_code
         response.body = body
         response.background = None
-        size = len(body)
-        length = _LENGTH_HEADERS[size] if size < _SMALL_BODY else content_length(size)
+        length = content_length(len(body))
         response.raw_headers = (
             [(b"etag", b'"%d"' % version), length, _CONTENT_TYPE_HEADER]
             if version is not None

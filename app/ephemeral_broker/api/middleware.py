@@ -50,15 +50,12 @@ PROBE_PATHS: Final = frozenset({"/healthz", "/readyz"})
 _GZIP_LEVEL: Final = 1  # a local socket makes bytes cheap; CPU is the cost that matters
 # nginx's convention for "the client went away before the answer": for metrics and the log.
 CLIENT_CLOSED_STATUS: Final = 499
-# The request headers any step reads; all others are skipped with one set lookup each.
 # Request ids: 16 hex digits of a counter that starts at a random 64-bit number. Unique
 # within a broker and unlikely to repeat across brokers; a correlation id, not a secret, so a
 # counter rather than random bits per request. They are made 256 at a time, each ready as its
 # response header and as text, so a request takes the next one from an iterator.
 _LOW_DIGITS: Final = tuple(b"%02x" % low for low in range(256))
-_ID_BATCH: Final = len(_LOW_DIGITS)
 _HIGH_MASK: Final = 2**56 - 1
-_monotonic: Final = time.monotonic
 RequestId = tuple[tuple[bytes, bytes], str]  # (the X-Request-ID header, the id as text)
 
 
@@ -73,7 +70,9 @@ def _request_ids(first_batch: int) -> Iterator[RequestId]:
         batch += 1
 
 
+_monotonic: Final = time.monotonic
 _PLAIN_RESPONSE_CALL: Final = Response.__call__
+# The request headers any step reads; all others are skipped with one set lookup each.
 _WANTED: Final = frozenset(
     {
         b"x-request-id",

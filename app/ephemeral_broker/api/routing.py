@@ -340,10 +340,9 @@ class RouteTable:
 
     Starlette's router takes the first route, in declaration order, whose path regex matches
     and whose methods include the request's; so does this, over the routes of one method only.
-    The paths of routes without parameters
-    (/v1/ping, /v1/keys, ...) are looked up in a dict whose answers were found that same way
-    when the table was built. A path nothing here serves (404, 405, /openapi.json) goes on to
-    the FastAPI router.
+    The paths of routes without parameters (/v1/ping, /v1/keys, ...) are looked up in a dict
+    whose answers were found that same way when the table was built. A path nothing here
+    serves (404, 405, /openapi.json) goes on to the FastAPI router.
     """
 
     def __init__(self, routes: Iterable[Any]) -> None:

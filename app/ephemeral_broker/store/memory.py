@@ -223,8 +223,7 @@ class MemoryStore:
             entry.version = self._version
             entry.expires_at = expires_at
             entry.ttl_ms = ttl
-            if expires_at < entry.scheduled:  # _schedule's test, written out
-                self._push(key, entry)
+            self._schedule(key, entry)
             created = False
         if self._watchers:
             self._watchers.notify(key)
@@ -273,11 +272,7 @@ class MemoryStore:
     ) -> SetResult:
         limits = self.limits
         check_name(key, limits.max_key_length)
-        # _ttl's common case, written out: a valid TTL taken as it is.
-        if type(ttl_ms) is int and 0 < ttl_ms <= limits.max_ttl:
-            ttl = ttl_ms
-        else:
-            ttl = self._ttl(ttl_ms, key, required=limits.require_ttl)
+        ttl = self._ttl(ttl_ms, key, required=limits.require_ttl)
         now = self.clock.now_ms()
         entry = self._live(key, now)
         if precondition is not NO_PRECONDITION:

@@ -200,8 +200,7 @@ async def get_key(
     if after_version is not None and item.version <= after_version:
         set_result(request, "not_modified")
         return Response(status_code=304, headers={"ETag": etag(item.version)})
-    # set_result, written out: this is the broker's most frequent answer.
-    request.scope["state"]["result"] = "hit"
+    set_result(request, "hit")
     if condition is not None and (condition == "*" or item.version in condition):
         return Response(status_code=304, headers={"ETag": etag(item.version)})
     return JSONBytesResponse.of(item_body(item), 200, item.version)

@@ -157,7 +157,7 @@ async def stats(request: Request) -> Response:
     responses=problems(*COMMON),
 )
 async def ping() -> Response:
-    return JSONBytesResponse(b'{"pong":%d}' % (time.time_ns() // 1_000_000))
+    return JSONBytesResponse.of(b'{"pong":%d}' % (time.time_ns() // 1_000_000))
 
 
 @router.get(
