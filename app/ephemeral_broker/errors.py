@@ -135,10 +135,14 @@ def quote_name(name: str, limit: int = 80) -> str:
 
 
 def request_id_of(scope: Scope) -> str:
-    """The request id BrokerMiddleware gave this request ("-" before it did)."""
+    """The request id BrokerMiddleware gave this request ("-" before it did). The state keeps
+    it as the bytes of its X-Request-ID header (ASCII, checked): most requests never need it
+    as text."""
     state = scope.get("state")
     if isinstance(state, dict):
         rid = state.get("request_id")
+        if isinstance(rid, bytes):
+            return rid.decode()
         if isinstance(rid, str):
             return rid
     return "-"

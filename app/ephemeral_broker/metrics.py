@@ -147,11 +147,10 @@ class _RequestCollector(Collector):
     """
 
     def __init__(self) -> None:
-        # (operation, result) -> count; code -> count; operation -> durations. Counting dicts
-        # start every key at 0, so a count is `+= 1` without a `.get` call first.
-        self.operations: defaultdict[tuple[str, str], int] = defaultdict(int)
+        # operation -> its series; code -> count. Counting dicts start every key at 0, so a
+        # count is `+= 1` without a `.get` call first.
+        self.operations: defaultdict[str, OperationSeries] = defaultdict(OperationSeries)
         self.errors: defaultdict[str, int] = defaultdict(int)
-        self.durations: defaultdict[str, _Durations] = defaultdict(_Durations)
 
     def collect(self) -> Iterator[Metric]:
         operations = CounterMetricFamily(
@@ -159,8 +158,9 @@ class _RequestCollector(Collector):
             "Requests by operation and result.",
             labels=["operation", "result"],
         )
-        for labels, count in self.operations.items():
-            operations.add_metric(list(labels), float(count))
+        for operation, series in self.operations.items():
+            for result, count in series.results.items():
+                operations.add_metric([operation, result], float(count))
         yield operations
         errors = CounterMetricFamily(
             f"{PREFIX}_errors", "Error responses by stable code.", labels=["code"]
@@ -173,7 +173,7 @@ class _RequestCollector(Collector):
             "Request duration by operation.",
             labels=["operation"],
         )
-        for operation, observed in self.durations.items():
+        for operation, observed in self.operations.items():
             cumulative = list(itertools.accumulate(observed.counts))
             duration.add_metric(
                 [operation],
@@ -183,14 +183,27 @@ class _RequestCollector(Collector):
         yield duration
 
 
-class _Durations:
-    """One operation's histogram: a count per bucket (not cumulative) and the sum."""
+class OperationSeries:
+    """One operation's request series: its count by result, and its duration histogram (a
+    count per bucket, not cumulative, and the sum)."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("counts", "results", "total")
 
     def __init__(self) -> None:
+        self.results: defaultdict[str, int] = defaultdict(int)
         self.counts = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf
         self.total = 0.0
+
+    def observe(self, result: str, seconds: float) -> None:
+        """One request of this operation: its result, and how long it took."""
+        self.results[result] += 1
+        # The first bucket whose upper bound is >= seconds, as Histogram.observe picks it;
+        # most requests take less than the first bound, which one comparison settles.
+        if seconds <= _FIRST_BOUND:
+            self.counts[0] += 1
+        else:
+            self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.total += seconds
 
 
 _FIRST_BOUND: Final = DURATION_BUCKETS[0]
@@ -210,19 +223,19 @@ class BrokerMetrics:
         self.registry.register(self._state)
         ProcessCollector(registry=self.registry)
 
+    def series(self, operation: str) -> OperationSeries:
+        """The series of one operation (a route's name), to record its requests into."""
+        return self._requests.operations[operation]
+
+    def count_error(self, code: str) -> None:
+        """One error response with this stable code."""
+        self._requests.errors[code] += 1
+
     def observe(self, operation: str, result: str, error_code: str | None, seconds: float) -> None:
-        requests = self._requests
-        requests.operations[operation, result] += 1
-        durations = requests.durations[operation]
-        # The first bucket whose upper bound is >= seconds, as Histogram.observe picks it;
-        # most requests take less than the first bound, which one comparison settles.
-        if seconds <= _FIRST_BOUND:
-            durations.counts[0] += 1
-        else:
-            durations.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
-        durations.total += seconds
+        """One request: `series(operation).observe(...)`, and its error code if it has one."""
+        self._requests.operations[operation].observe(result, seconds)
         if error_code is not None:
-            requests.errors[error_code] += 1
+            self._requests.errors[error_code] += 1
 
     def render(self, snapshot: ScrapeSnapshot) -> bytes:
         self._state.snapshot = snapshot

@@ -34,7 +34,12 @@ from ephemeral_broker.api.schemas import (
     TouchRequest,
 )
 from ephemeral_broker.clock import Clock, SystemClock
-from ephemeral_broker.errors import PROBLEM_CONTENT_TYPE, BrokerError, problem_body
+from ephemeral_broker.errors import (
+    PROBLEM_CONTENT_TYPE,
+    BrokerError,
+    problem_body,
+    request_id_of,
+)
 from ephemeral_broker.logs import logger
 from ephemeral_broker.metrics import BrokerMetrics
 from ephemeral_broker.settings import BrokerSettings
@@ -63,7 +68,7 @@ _BODY_MODELS = (
 
 def problem_response(request: Request, error: BrokerError) -> Response:
     request.state.error_code = error.code
-    rid = getattr(request.state, "request_id", "-")
+    rid = request_id_of(request.scope)
     body = problem_body(error.code, error.detail, rid, error.errors, error.more_errors)
     return Response(body, error.status, error.headers, media_type=PROBLEM_CONTENT_TYPE)
 
@@ -82,7 +87,7 @@ async def _on_request_validation(request: Request, exc: Exception) -> Response:
 async def _on_unhandled(request: Request, exc: Exception) -> Response:
     # Starlette's ServerErrorMiddleware answers with this, then re-raises for BrokerMiddleware
     # to log with its traceback (a bug in a route FastAPI's router served).
-    rid = getattr(request.state, "request_id", "-")
+    rid = request_id_of(request.scope)
     return problem_response(
         request, BrokerError("internal_error", f"internal error; see the broker log for {rid}")
     )

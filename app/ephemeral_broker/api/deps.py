@@ -23,9 +23,20 @@ _SMALL_BODY: Final = 1024
 _LENGTH_HEADERS: Final = tuple((b"content-length", b"%d" % n) for n in range(_SMALL_BODY))
 
 
+# The ETag header of the first versions, for the same reason (about 90 KiB): a key written a
+# few times (a token, a shared setting) is read at one of these.
+_EARLY_VERSIONS: Final = 1024
+_ETAG_HEADERS: Final = tuple((b"etag", b'"%d"' % version) for version in range(_EARLY_VERSIONS))
+
+
 def content_length(size: int) -> tuple[bytes, bytes]:
     """The Content-Length header for a body of `size` bytes."""
     return _LENGTH_HEADERS[size] if size < _SMALL_BODY else (b"content-length", b"%d" % size)
+
+
+def etag_header(version: int) -> tuple[bytes, bytes]:
+    """The ETag header of a key at `version` (a strong tag: `"<version>"`)."""
+    return _ETAG_HEADERS[version] if version < _EARLY_VERSIONS else (b"etag", b'"%d"' % version)
 
 
 # The parts are read from the app's attributes (BrokerAPI.store, .runtime, .metrics; the same
@@ -78,7 +89,7 @@ class JSONBytesResponse(Response):
             else []
         )
         if version is not None:
-            raw.append((b"etag", b'"%d"' % version))
+            raw.append(etag_header(version))
         if status_code >= 200 and status_code not in (204, 304):
             raw.append(content_length(len(body)))
         raw.append(_CONTENT_TYPE_HEADER)
@@ -94,12 +105,15 @@ class JSONBytesResponse(Response):
         response.status_code = status_code
         response.body = body
         response.background = None
-        length = content_length(len(body))
-        response.raw_headers = (
-            [(b"etag", b'"%d"' % version), length, _CONTENT_TYPE_HEADER]
-            if version is not None
-            else [length, _CONTENT_TYPE_HEADER]
-        )
+        # content_length() and etag_header(), written out: this is nearly every answer's path.
+        size = len(body)
+        length = _LENGTH_HEADERS[size] if size < _SMALL_BODY else (b"content-length", b"%d" % size)
+        if version is None:
+            response.raw_headers = [length, _CONTENT_TYPE_HEADER]
+        elif version < _EARLY_VERSIONS:
+            response.raw_headers = [_ETAG_HEADERS[version], length, _CONTENT_TYPE_HEADER]
+        else:
+            response.raw_headers = [(b"etag", b'"%d"' % version), length, _CONTENT_TYPE_HEADER]
         return response
 
 

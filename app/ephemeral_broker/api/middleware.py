@@ -26,6 +26,7 @@ import os
 import re
 import time
 import zlib
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
@@ -38,7 +39,7 @@ from ephemeral_broker.api.paths import PERCENT, strict_names
 from ephemeral_broker.api.runtime import Runtime
 from ephemeral_broker.errors import BrokerError, problem_headers, render_problem, send_problem
 from ephemeral_broker.logs import access_logger, logger
-from ephemeral_broker.metrics import BrokerMetrics
+from ephemeral_broker.metrics import DURATION_BUCKETS, BrokerMetrics, OperationSeries
 
 if TYPE_CHECKING:
     from ephemeral_broker.api.auth import Authenticator
@@ -53,24 +54,25 @@ CLIENT_CLOSED_STATUS: Final = 499
 # Request ids: 16 hex digits of a counter that starts at a random 64-bit number. Unique
 # within a broker and unlikely to repeat across brokers; a correlation id, not a secret, so a
 # counter rather than random bits per request. They are made 256 at a time, each ready as its
-# response header and as text, so a request takes the next one from an iterator.
+# response header, so a request takes the next one from an iterator. The scope's state keeps
+# the id as bytes; it becomes text only where it is written out (an error, a log line).
 _LOW_DIGITS: Final = tuple(b"%02x" % low for low in range(256))
 _HIGH_MASK: Final = 2**56 - 1
-RequestId = tuple[tuple[bytes, bytes], str]  # (the X-Request-ID header, the id as text)
 
 
-def _request_ids(first_batch: int) -> Iterator[RequestId]:
-    """Every id from batch `first_batch` on (batch n: the ids 256n to 256n + 255), endlessly."""
+def _request_ids(first_batch: int) -> Iterator[tuple[bytes, bytes]]:
+    """The X-Request-ID header of every id from batch `first_batch` on (batch n: the ids 256n
+    to 256n + 255), endlessly."""
     batch = first_batch
     while True:
         high = b"%014x" % (batch & _HIGH_MASK)
         for low in _LOW_DIGITS:
-            rid = high + low
-            yield (b"x-request-id", rid), rid.decode()
+            yield b"x-request-id", high + low
         batch += 1
 
 
 _monotonic: Final = time.monotonic
+_FIRST_BOUND: Final = DURATION_BUCKETS[0]
 _PLAIN_RESPONSE_CALL: Final = Response.__call__
 # The request headers any step reads; all others are skipped with one set lookup each.
 _WANTED: Final = frozenset(
@@ -109,6 +111,8 @@ class BrokerMiddleware:
         self._next_request_id = _request_ids(int.from_bytes(os.urandom(7), "big")).__next__
         self.runtime = runtime
         self.metrics = metrics
+        self._series: dict[int, OperationSeries] = {}
+        self._routes_seen: list[object] = []
         self.gzip_threshold = compression_threshold
         self.access_log = access_log
         self.limit = max_request_size
@@ -144,13 +148,12 @@ class BrokerMiddleware:
         incoming_id = found.get(b"x-request-id") if found else None
         if incoming_id is not None and _REQUEST_ID.fullmatch(incoming_id):
             rid_header = (b"x-request-id", incoming_id)
-            rid = incoming_id.decode()
         else:
-            rid_header, rid = self._next_request_id()
+            rid_header = self._next_request_id()
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}
-        state["request_id"] = rid
+        state["request_id"] = rid_header[1]  # bytes: see errors.request_id_of
 
         path: str = scope["path"]
         probe = path in PROBE_PATHS
@@ -266,6 +269,7 @@ class BrokerMiddleware:
             )
         except Exception:
             # A bug. The body names nothing; the log has the traceback and the request id.
+            rid = rid_header[1].decode()
             logger.exception(
                 "unhandled error while serving a request",
                 extra={"fields": {"request_id": rid, "method": scope["method"], "path": path}},
@@ -288,16 +292,24 @@ class BrokerMiddleware:
                 status = reply.status  # what _Reply sent (not a disconnect: that set 499)
             elapsed = ended - started
             route = scope.get("route")
-            # Every route the broker declares has a name; others (FastAPI's own) may not.
-            operation = (route.name if route is not None else None) or "unrouted"
+            series = self._series.get(id(route))
+            if series is None:
+                series = self._series_of(route)
             # An error code is only ever recorded with a problem, whose status is 4xx or 5xx.
             if status < 400:
-                error_code = None
                 result = state.get("result") or "ok"
             else:
                 error_code = state.get("error_code")
                 result = state.get("result") or error_code or "error"
-            self.metrics.observe(operation, result, error_code, elapsed)
+                if error_code is not None:
+                    self.metrics.count_error(error_code)
+            # series.observe(result, elapsed), written out: this is every request's path.
+            series.results[result] += 1
+            if elapsed <= _FIRST_BOUND:
+                series.counts[0] += 1
+            else:
+                series.counts[bisect_left(DURATION_BUCKETS, elapsed)] += 1
+            series.total += elapsed
             if self.access_log:
                 access_logger.info(
                     "request",
@@ -307,10 +319,20 @@ class BrokerMiddleware:
                             "path": path,
                             "status": status,
                             "duration_ms": round(elapsed * 1000, 3),
-                            "request_id": rid,
+                            "request_id": rid_header[1].decode(),
                         }
                     },
                 )
+
+    def _series_of(self, route: object) -> OperationSeries:
+        """The metric series of a route (the scope's `route`, None when nothing routed it),
+        kept by the route's id so that a request finds its series with one lookup (Starlette's
+        routes compare by value, so they are not hashable)."""
+        # Every route the broker declares has a name; others (FastAPI's own) may not.
+        operation = getattr(route, "name", None) or "unrouted"
+        series = self._series[id(route)] = self.metrics.series(operation)
+        self._routes_seen.append(route)  # alive as long as its id is a key here
+        return series
 
     def _maybe_gzip(self, start: Message, message: Message) -> tuple[Message, Message]:
         body: bytes = message.get("body", b"")

@@ -174,6 +174,13 @@ class LeanRoute(APIRoute):
         self._positional = False
         if self._quick_defaults is not None:
             self._positional = self._plan_positional(endpoint)
+        # The endpoint's call for a request, for BrokerMiddleware to await: FastAPI's handler
+        # minus its layers (exit stacks for dependencies with yield, of which these routes
+        # have none; the exception-handler lookup: the only exception these routes turn into
+        # an answer is a BrokerError, which the middleware answers as problem+json). Invalid
+        # parameters raise their BrokerError here, before anything is awaited. The `Request`
+        # is built only for an endpoint that takes one.
+        self.call = self._plan_call()
 
     def _plan_positional(self, endpoint: Callable[..., Any]) -> bool:
         parameters = list(inspect.signature(endpoint).parameters.values())
@@ -254,38 +261,43 @@ class LeanRoute(APIRoute):
             values[self._request_name] = request
         return values
 
-    def call(self, scope: Scope, receive: Receive) -> Coroutine[Any, Any, Response]:
-        """The endpoint's call for this request, for BrokerMiddleware to await: FastAPI's
-        handler minus its layers (exit stacks for dependencies with yield, of which these
-        routes have none; the exception-handler lookup: the only exception these routes turn
-        into an answer is a BrokerError, which the middleware answers as problem+json).
-        Invalid parameters raise their BrokerError here, before anything is awaited. The
-        `Request` is built only for an endpoint that takes one."""
+    def call_bound(self, scope: Scope, receive: Receive) -> Coroutine[Any, Any, Response]:
+        """The endpoint's call with every argument bound by `bind`: any request, any route."""
         request = LeanRequest(scope, receive) if self._request_name is not None else None
-        quick = self._quick_defaults
+        return self._call(**self.bind(scope, request))
+
+    def _plan_call(self) -> Callable[[Scope, Receive], Coroutine[Any, Any, Response]]:
+        """`call` for this route: `call_bound`, or for a route whose endpoint can be called
+        positionally (see `_plan_positional`) a function that does so whenever the request
+        sends none of the route's query parameters and headers, and `call_bound` otherwise.
+        Decided here, once, so that a request pays for no test whose answer the route fixes."""
+        call_bound = self.call_bound
+        if not self._positional:
+            return call_bound
+        endpoint = self._call
         # A query matters only to a route with query parameters, a header only to one with
         # header parameters (FastAPI ignores the others too).
-        if quick is not None and not (self._query_params and scope.get("query_string")):
-            wanted = self._header_keys
-            sent = False
+        reads_query = bool(self._query_params)
+        wanted = self._header_keys
+        path_name = self._leading_path
+        takes_request = self._request_name is not None
+
+        def call(scope: Scope, receive: Receive) -> Coroutine[Any, Any, Response]:
+            if reads_query and scope["query_string"]:
+                return call_bound(scope, receive)
             if wanted:
                 for name, _ in scope["headers"]:
                     if name in wanted:
-                        sent = True
-                        break
-            if not sent:
-                # What bind would return: the path's text as it is, every default as it is.
-                if self._positional:
-                    first = self._leading_path
-                    if first is None:
-                        return self._call() if request is None else self._call(request)
-                    value = scope["path_params"][first]
-                    return self._call(value) if request is None else self._call(value, request)
-                values = {**scope["path_params"], **quick}
-                if request is not None:
-                    values[self._request_name] = request
-                return self._call(**values)
-        return self._call(**self.bind(scope, request))
+                        return call_bound(scope, receive)
+            # What bind would give: the path's text as it is, every default as it is.
+            if path_name is None:
+                return endpoint(LeanRequest(scope, receive)) if takes_request else endpoint()
+            value = scope["path_params"][path_name]
+            if takes_request:
+                return endpoint(value, LeanRequest(scope, receive))
+            return endpoint(value)
+
+        return call
 
 
 class LeanRequest(Request):
@@ -357,61 +369,51 @@ class RouteTable:
         for method, candidates in by_method.items():
             every = tuple(candidates)
             # First with no static answers and every candidate tried, to find the static ones.
-            self._methods[method] = _MethodRoutes({}, every, every)
             static_paths = {c.route.path for c in every if not c.route.param_convertors}
-            answers = {path: self._lookup(method, path) for path in static_paths}
-            static = {path: found[0] for path, found in answers.items() if found is not None}
+            answers = {path: _first_match(every, path) for path in static_paths}
+            # A static path that an earlier route with parameters matches is that route's
+            # (with its parameters): it is left to the candidates below.
+            static = {
+                path: found[0]
+                for path, found in answers.items()
+                if found is not None and not found[1]
+            }
             # A path that is not one of the static paths can match a static route's regex only
             # as that path plus a final newline (`$` matches before one): for any other path,
             # the routes with parameters are the only candidates.
             dynamic = tuple(c for c in every if c.route.param_convertors)
-            self._methods[method] = _MethodRoutes(static, dynamic, every)
+            self._methods[method] = _MethodRoutes(static, dynamic, every, _by_prefix(dynamic))
 
     def find(self, scope: Scope) -> tuple[LeanRoute, dict[str, Any]] | None:
         """The route for this request and its path parameters, or None."""
         path = scope["path"] if not scope.get("root_path") else get_route_path(scope)
-        return self._lookup(scope["method"], path)
+        routes = self._methods.get(scope["method"])
+        if routes is None:
+            return None
+        known = routes.static.get(path)
+        return (known, {}) if known is not None else routes.match(path)
 
     def dispatch(self, scope: Scope, receive: Receive) -> Coroutine[Any, Any, Response] | None:
         """The endpoint's call for this request (see `LeanRoute.call`), with the scope keys the
         router would set (`route` names the operation in the metrics); None when no route of
         the table serves it. Invalid parameters raise their BrokerError here."""
+        # `find`, written out: this is every request's path.
         path = scope["path"] if not scope.get("root_path") else get_route_path(scope)
-        found = self._lookup(scope["method"], path)
-        if found is None:
+        routes = self._methods.get(scope["method"])
+        if routes is None:
             return None
-        route, path_params = found
+        route = routes.static.get(path)
+        if route is not None:
+            path_params: dict[str, Any] = {}  # a static path has no parameters
+        else:
+            found = routes.match(path)
+            if found is None:
+                return None
+            route, path_params = found
         scope["endpoint"] = route.endpoint
         scope["path_params"] = path_params
         scope["route"] = route
         return route.call(scope, receive)
-
-    def _lookup(self, method: str, path: str) -> tuple[LeanRoute, dict[str, Any]] | None:
-        routes = self._methods.get(method)
-        if routes is None:
-            return None
-        known = routes.static.get(path)
-        if known is not None:
-            return known, {}  # a static path has no parameters
-        for candidate in routes.every if path.endswith("\n") else routes.dynamic:
-            prefix = candidate.prefix
-            if prefix is not None:
-                if path.startswith(prefix):
-                    rest = path[len(prefix) :]
-                    if "/" not in rest:
-                        return candidate.route, {candidate.param: rest}
-                continue
-            match = candidate.match(path)
-            if match is not None:
-                if candidate.as_matched:
-                    return candidate.route, match.groupdict()
-                convertors = candidate.convertors
-                path_params = {
-                    name: convertors[name].convert(value)
-                    for name, value in match.groupdict().items()
-                }
-                return candidate.route, path_params
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,3 +423,58 @@ class _MethodRoutes:
     static: dict[str, LeanRoute]
     dynamic: tuple[_Candidate, ...]  # the routes with path parameters
     every: tuple[_Candidate, ...]
+    # Prefix routes (see _Candidate.prefix) by their prefix, for those whose prefix ends in
+    # '/' and that only such routes precede: such a route matches a path exactly when the
+    # path's text up to its last '/' is its prefix, so one dict lookup finds it, and none of
+    # the routes before it can match that path.
+    by_prefix: dict[str, _Candidate]
+
+    def match(self, path: str) -> tuple[LeanRoute, dict[str, Any]] | None:
+        """The first route with parameters whose path matches, and its parameters (for a path
+        that is a static route's plus a final newline: any route's, in order)."""
+        if path.endswith("\n"):
+            candidates = self.every  # `$` matches before a final newline
+        else:
+            cut = path.rfind("/") + 1
+            direct = self.by_prefix.get(path[:cut])
+            if direct is not None:
+                return direct.route, {direct.param: path[cut:]}
+            candidates = self.dynamic
+        return _first_match(candidates, path)
+
+
+def _first_match(
+    candidates: Iterable[_Candidate], path: str
+) -> tuple[LeanRoute, dict[str, Any]] | None:
+    """The first of `candidates` whose path matches, and its parameters, as the router does."""
+    for candidate in candidates:
+        prefix = candidate.prefix
+        if prefix is not None:
+            if path.startswith(prefix):
+                rest = path[len(prefix) :]
+                if "/" not in rest:
+                    return candidate.route, {candidate.param: rest}
+            continue
+        match = candidate.match(path)
+        if match is not None:
+            if candidate.as_matched:
+                return candidate.route, match.groupdict()
+            convertors = candidate.convertors
+            path_params = {
+                name: convertors[name].convert(value) for name, value in match.groupdict().items()
+            }
+            return candidate.route, path_params
+    return None
+
+
+def _by_prefix(dynamic: tuple[_Candidate, ...]) -> dict[str, _Candidate]:
+    """_MethodRoutes.by_prefix from the routes with parameters, in declaration order."""
+    direct: dict[str, _Candidate] = {}
+    for candidate in dynamic:
+        prefix = candidate.prefix
+        if prefix is None or not prefix.endswith("/"):
+            # A route whose matches the lookup cannot tell by the last '/' (its regex, or a
+            # prefix such as /x/a- that matches /x/a-b): the routes after it wait their turn.
+            break
+        direct.setdefault(prefix, candidate)  # of two with one prefix, the first wins
+    return direct

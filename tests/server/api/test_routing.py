@@ -80,6 +80,73 @@ def test_route_table_picks_the_route_the_router_would(method: str) -> None:
         assert table.find(scope) == starlette_choice(scope), (method, path)
 
 
+async def _named(request: Request) -> Response:
+    return Response()
+
+
+def _tricky_routes() -> list[Any]:
+    """Routes whose order decides: a regex route before a prefix route it overlaps, a prefix
+    that does not end in '/' before one that does, two routes with one prefix."""
+    router = APIRouter(route_class=LeanRoute)
+    for path, name in (
+        ("/y/{rest:path}", "y.rest"),
+        ("/y/{a:name}", "y.a"),
+        ("/z/a-{x:name}", "z.x"),
+        ("/z/{y:name}", "z.y"),
+        ("/w/{p:name}", "w.first"),
+        ("/w/{p:name}", "w.second"),
+        ("/v/{k:name}", "v.k"),
+        ("/v/{k:name}/more", "v.more"),
+        ("/v/static", "v.static"),
+    ):
+        router.add_api_route(path, _named, methods=["GET"], name=name)
+    return list(router.routes)
+
+
+TRICKY_PATHS = (
+    "/y/a",
+    "/y/a/b",
+    "/z/a-b",
+    "/z/a-",
+    "/z/b",
+    "/z/a-b/c",
+    "/w/q",
+    "/v/k",
+    "/v/k/more",
+    "/v/static",
+    "/v/static%0A",
+    "/v/%0A",
+    "/v/",
+    "/v",
+    "/u/x",
+)
+
+
+def test_route_table_keeps_declaration_order_where_routes_overlap() -> None:
+    routes = _tricky_routes()
+    table = RouteTable(routes)
+    for path in TRICKY_PATHS:
+        scope = http_scope("GET", path)
+        expected = None
+        for route in routes:
+            match, child = route.matches(scope)
+            if match == Match.FULL:
+                expected = route, child["path_params"]
+                break
+        assert table.find(scope) == expected, path
+        call = table.dispatch(scope, _no_receive)
+        if expected is None:
+            assert call is None, path
+        else:
+            assert call is not None, path
+            call.close()  # the endpoint's coroutine, never started
+            assert (scope["route"], scope["path_params"]) == expected, path
+
+
+async def _no_receive() -> dict[str, Any]:
+    raise AssertionError("nothing here reads a body")
+
+
 def test_route_table_hands_out_fresh_path_params() -> None:
     table = RouteTable(ROUTES)
     found = table.find(http_scope("GET", "/v1/ping"))
