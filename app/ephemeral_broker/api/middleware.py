@@ -118,6 +118,8 @@ class BrokerMiddleware:
         self.limit = max_request_size
         self.auth = auth
         self.routes = routes
+        # The routes' header parameters are picked out in the same pass (see RouteTable.dispatch).
+        self._wanted = _WANTED | routes.header_names if routes is not None else _WANTED
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -136,8 +138,9 @@ class BrokerMiddleware:
         # except that any Accept-Encoding naming gzip, and any Transfer-Encoding, counts.
         found: dict[bytes, bytes] = {}
         gzip_named = False
+        wanted = self._wanted
         for name, value in scope["headers"]:
-            if name in _WANTED:
+            if name in wanted:
                 if name == b"accept-encoding":
                     gzip_named = gzip_named or b"gzip" in value.lower()
                 else:
@@ -216,7 +219,7 @@ class BrokerMiddleware:
             routes = self.routes
             response: Response | None = None
             try:
-                call = routes.dispatch(scope, receive) if routes is not None else None
+                call = routes.dispatch(scope, receive, found) if routes is not None else None
                 if call is not None:
                     response = await call
             except BrokerError as error:

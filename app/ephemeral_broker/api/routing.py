@@ -52,6 +52,7 @@ from ephemeral_broker.api.paths import NameConvertor
 
 _IMMUTABLE: Final = (type(None), bool, int, float, str, bytes)
 Endpoint = Callable[..., Coroutine[Any, Any, Response]]
+RouteCall = Callable[[Scope, Receive, Mapping[bytes, bytes] | None], Coroutine[Any, Any, Response]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,7 @@ class LeanRoute(APIRoute):
         self._query_params = tuple(_compile(f, "query") for f in dependant.query_params)
         self._header_params = tuple(_compile(f, "header") for f in dependant.header_params)
         self._header_keys = {p.key.encode("latin-1"): p for p in self._header_params}
+        self.header_keys = frozenset(self._header_keys)
         self._request_name = dependant.request_param_name
         self._query_defaults = _plain_defaults(self._query_params)
         self._header_defaults = _plain_defaults(self._header_params)
@@ -180,7 +182,7 @@ class LeanRoute(APIRoute):
         # an answer is a BrokerError, which the middleware answers as problem+json). Invalid
         # parameters raise their BrokerError here, before anything is awaited. The `Request`
         # is built only for an endpoint that takes one.
-        self.call = self._plan_call()
+        self.call: RouteCall = self._plan_call()
 
     def _plan_positional(self, endpoint: Callable[..., Any]) -> bool:
         parameters = list(inspect.signature(endpoint).parameters.values())
@@ -261,16 +263,22 @@ class LeanRoute(APIRoute):
             values[self._request_name] = request
         return values
 
-    def call_bound(self, scope: Scope, receive: Receive) -> Coroutine[Any, Any, Response]:
+    def call_bound(
+        self, scope: Scope, receive: Receive, sent: Mapping[bytes, bytes] | None = None
+    ) -> Coroutine[Any, Any, Response]:
         """The endpoint's call with every argument bound by `bind`: any request, any route."""
         request = LeanRequest(scope, receive) if self._request_name is not None else None
         return self._call(**self.bind(scope, request))
 
-    def _plan_call(self) -> Callable[[Scope, Receive], Coroutine[Any, Any, Response]]:
+    def _plan_call(self) -> RouteCall:
         """`call` for this route: `call_bound`, or for a route whose endpoint can be called
         positionally (see `_plan_positional`) a function that does so whenever the request
         sends none of the route's query parameters and headers, and `call_bound` otherwise.
-        Decided here, once, so that a request pays for no test whose answer the route fixes."""
+        Decided here, once, so that a request pays for no test whose answer the route fixes.
+
+        `sent`: the request's headers among `header_names` at least (its other headers may be
+        there too), as BrokerMiddleware's one pass over the headers collects them; None: not
+        collected, so the route looks through the scope's headers itself."""
         call_bound = self.call_bound
         if not self._positional:
             return call_bound
@@ -282,13 +290,18 @@ class LeanRoute(APIRoute):
         path_name = self._leading_path
         takes_request = self._request_name is not None
 
-        def call(scope: Scope, receive: Receive) -> Coroutine[Any, Any, Response]:
+        def call(
+            scope: Scope, receive: Receive, sent: Mapping[bytes, bytes] | None = None
+        ) -> Coroutine[Any, Any, Response]:
             if reads_query and scope["query_string"]:
                 return call_bound(scope, receive)
             if wanted:
-                for name, _ in scope["headers"]:
-                    if name in wanted:
-                        return call_bound(scope, receive)
+                if sent is None:
+                    sent = dict(scope["headers"])
+                if sent:
+                    for name in wanted:
+                        if name in sent:
+                            return call_bound(scope, receive)
             # What bind would give: the path's text as it is, every default as it is.
             if path_name is None:
                 return endpoint(LeanRequest(scope, receive)) if takes_request else endpoint()
@@ -365,6 +378,13 @@ class RouteTable:
             candidate = _candidate(route)
             for method in route.methods or ():
                 by_method.setdefault(method, []).append(candidate)
+        # Every header any of these routes takes as a parameter (lower-case).
+        self.header_names = frozenset(
+            name
+            for candidates in by_method.values()
+            for c in candidates
+            for name in c.route.header_keys
+        )
         self._methods: dict[str, _MethodRoutes] = {}
         for method, candidates in by_method.items():
             every = tuple(candidates)
@@ -393,10 +413,15 @@ class RouteTable:
         known = routes.static.get(path)
         return (known, {}) if known is not None else routes.match(path)
 
-    def dispatch(self, scope: Scope, receive: Receive) -> Coroutine[Any, Any, Response] | None:
+    def dispatch(
+        self, scope: Scope, receive: Receive, sent: Mapping[bytes, bytes] | None = None
+    ) -> Coroutine[Any, Any, Response] | None:
         """The endpoint's call for this request (see `LeanRoute.call`), with the scope keys the
         router would set (`route` names the operation in the metrics); None when no route of
-        the table serves it. Invalid parameters raise their BrokerError here."""
+        the table serves it. Invalid parameters raise their BrokerError here.
+
+        `sent`: the request's headers named in `header_names` (others may be there too), when
+        the caller has already picked them out; None: the route looks for them itself."""
         # `find`, written out: this is every request's path.
         path = scope["path"] if not scope.get("root_path") else get_route_path(scope)
         routes = self._methods.get(scope["method"])
@@ -413,7 +438,7 @@ class RouteTable:
         scope["endpoint"] = route.endpoint
         scope["path_params"] = path_params
         scope["route"] = route
-        return route.call(scope, receive)
+        return route.call(scope, receive, sent)
 
 
 @dataclass(frozen=True, slots=True)

@@ -282,8 +282,12 @@ class MemoryStore:
         return _tuple_new(SetResult, (created, meta))
 
     async def get(self, key: str) -> Item | None:
-        check_name(key, self.limits.max_key_length)
-        return self._read(key)
+        item = self._read(key)
+        if item is None:
+            # Only a name that finds nothing is checked: a stored key's name was checked when
+            # it was written, and an invalid one (never stored) is refused, not missed.
+            check_name(key, self.limits.max_key_length)
+        return item
 
     def _read(self, key: str) -> Item | None:
         # _live, written out: this is every GET's path.
@@ -319,8 +323,9 @@ class MemoryStore:
             await self._watchers.wait(key, remaining)
 
     async def delete(self, key: str, precondition: Precondition = NO_PRECONDITION) -> bool:
-        check_name(key, self.limits.max_key_length)
         entry = self._live(key, self.clock.now_ms())
+        if entry is None:
+            check_name(key, self.limits.max_key_length)  # as in `get`
         self._check_precondition(key, entry, precondition)
         if entry is None:
             return False

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import pytest
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.dependencies.utils import request_params_to_args
 from starlette.datastructures import Headers, QueryParams
 from starlette.routing import Match
@@ -288,3 +288,40 @@ async def test_a_bug_behind_the_route_table_is_still_a_problem_500_logged_once(
         logged = [r for r in caplog.records if "unhandled error" in r.getMessage()]
         assert len(logged) == 1 and logged[0].exc_info is not None
         assert (await api.get("/v1/ping")).status_code == 200
+
+
+async def _echo(
+    key: str,
+    request: Request,
+    x_tag: Annotated[str | None, Header()] = None,
+) -> Response:
+    return Response(f"{key}|{x_tag}|{request.url.path}".encode())
+
+
+def _answer(call: Any) -> bytes:
+    """Run an endpoint's coroutine that never waits, and return its response body."""
+    with pytest.raises(StopIteration) as done:
+        call.send(None)
+    body: bytes = done.value.value.body
+    return body
+
+
+@pytest.mark.parametrize(
+    ("headers", "sent", "expected"),
+    [
+        ((), None, b"k|None|/h/k"),
+        ((), {}, b"k|None|/h/k"),
+        ((("x-tag", "v"),), None, b"k|v|/h/k"),  # the route looks through the scope itself
+        ((("x-tag", "v"),), {b"x-tag": b"v"}, b"k|v|/h/k"),  # the middleware found it
+        ((("x-other", "v"),), {b"x-other": b"v"}, b"k|None|/h/k"),
+    ],
+)
+def test_a_route_binds_its_header_parameters_however_the_headers_were_found(
+    headers: tuple[tuple[str, str], ...], sent: dict[bytes, bytes] | None, expected: bytes
+) -> None:
+    router = APIRouter(route_class=LeanRoute)
+    router.add_api_route("/h/{key:name}", _echo, methods=["GET"], name="h")
+    table = RouteTable(router.routes)
+    assert table.header_names == {b"x-tag"}
+    scope = http_scope("GET", "/h/k", headers)
+    assert _answer(table.dispatch(scope, _no_receive, sent)) == expected
