@@ -117,8 +117,9 @@ class JSONBytesResponse(Response):
         return response
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return JSONBytesResponse(orjson.dumps(body), status, headers)
+def json_response(body: Any, status: int = 200) -> Response:
+    """`body` as JSON, for a status that has a body (200, 201, ...)."""
+    return JSONBytesResponse.of(orjson.dumps(body), status)
 
 
 def etag(version: int) -> str:

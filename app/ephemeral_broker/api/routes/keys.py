@@ -41,6 +41,9 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"], route_class=LeanRoute)
 
 MAX_LIST_LIMIT = 10_000
 MAX_VERSION = 2**63 - 1
+# DELETE's two answers, encoded once.
+_DELETED_BODY = orjson.dumps({"deleted": True})
+_ABSENT_BODY = orjson.dumps({"deleted": False})
 
 
 def item_body(item: Item) -> bytes:
@@ -226,7 +229,7 @@ async def delete_key(
 ) -> Response:
     deleted = await store_of(request).delete(key, conditions(if_match, None))
     set_result(request, "deleted" if deleted else "absent")
-    return json_response({"deleted": deleted})
+    return JSONBytesResponse.of(_DELETED_BODY if deleted else _ABSENT_BODY)
 
 
 @router.post(
