@@ -10,21 +10,23 @@ its ratio the median of the rounds' ratios. Beside them, the quietest round of e
 CPU per request, the one least disturbed by other work: load only ever adds CPU time) and the
 ratio of those two, a figure that moves less when the machine is busy.
 
-Measured twice, in the same run: first with the broker, the floor and this client all pinned to
-one CPU (the figures the bars are read against), then with the scheduler free to place them.
-Pinned, a request is the client's write, a switch to the server, its work and a switch back:
-the CPU figure is the server's own work on caches the client has just used. Free, on a machine
-of two virtual CPUs, the server sleeps on one CPU while the client runs on the other, and every
-request first wakes that CPU; on a shared virtual machine what the server then finds in its
-caches depends on the host, and the cost of refilling them grows with how much memory a request
-touches. The free figures move by a factor of two between runs on a busy host (the floor's own
-median from 30 to 60 µs), so they are reported beside the pinned ones, not instead of them.
+Measured three times in the same run, on a machine where this process may use two CPUs or more:
 
-What that cost follows is the size of the process, not its request path: the free measurement
-also runs a third server, the same floor in a process that has built the broker's app (and
-never serves it), `python -m bench.baseline --loaded`. Its requests do exactly what the floor's
-do; pinned it costs what the floor costs, free it costs about what the broker costs, up to twice
-the floor. Its column and the broker's ratio to it are in the free table.
+- **Pinned**: the broker, the floor and this client all on one CPU. A request is the client's
+  write, a switch to the server, its work and a switch back: the CPU figure is the server's own
+  work on caches the client has just used. The bars are read against these figures.
+- **Split**: both servers on one CPU, this client on another. Every request wakes the server's
+  CPU from idle, as it does when a client and a broker run side by side on a two-CPU machine:
+  the figures then include what the woken server spends refilling its caches (on this project's
+  VM the floor costs two to three times its pinned figure), for the broker and the floor alike.
+- **Free**: the scheduler places the processes. A request then lands one way or the other, on
+  the client's CPU or the idle one, and the two servers need not land alike: the free figures
+  move by a factor of two between runs on a busy host (the floor's own median from 30 to 70
+  µs), and a free ratio says as much about where the scheduler put each server as about its
+  request path. They are reported beside the others, not instead of them. The free
+  measurement also runs a third server, the same floor in a process that has built the
+  broker's app (and never serves it), `python -m bench.baseline --loaded`: its requests do
+  exactly what the floor's do, to show what the size of the process adds.
 """
 
 from __future__ import annotations
@@ -148,22 +150,31 @@ def pinning_cpu() -> int | None:
 
 
 def measure(count: int, rounds: int, operations: tuple[str, ...] = OPERATIONS) -> dict[str, Any]:
-    """Both measurements (see the module docstring): the pinned one's figures at the top
-    level with the CPU it ran on, the free one's under "unpinned"."""
+    """The three measurements (see the module docstring): the pinned one's figures at the top
+    level with the CPU it ran on; the split one's under "split" (with "client_cpu", the CPU
+    this client ran on); the free one's under "unpinned"."""
     cpu = pinning_cpu()
     results = _measure(count, rounds, operations, cpu)
     results["pinned_cpu"] = cpu
     if cpu is not None:
+        client_cpu = min(os.sched_getaffinity(0) - {cpu})
+        split = _measure(count, rounds, operations, cpu, client_cpu)
+        results["split"] = {"client_cpu": client_cpu, **{op: split[op] for op in operations}}
         free = _measure(count, rounds, operations, None)
         results["unpinned"] = {op: free[op] for op in operations}
     return results
 
 
 def _measure(
-    count: int, rounds: int, operations: tuple[str, ...], cpu: int | None
+    count: int,
+    rounds: int,
+    operations: tuple[str, ...],
+    cpu: int | None,
+    client_cpu: int | None = None,
 ) -> dict[str, Any]:
     """Per operation: the broker's and the floor's server CPU µs per request and their ratio;
-    with `cpu`, the two servers and this process all run on that CPU alone."""
+    with `cpu`, the two servers run on that CPU alone, and this process too unless
+    `client_cpu` names another for it."""
     warmup = min(200, count)
     own_cpus = os.sched_getaffinity(0)
     with contextlib.ExitStack() as servers:
@@ -177,8 +188,9 @@ def _measure(
             loaded = servers.enter_context(start_baseline(loaded=True))
             sides["loaded_floor"] = _Side(loaded, RawConnection(loaded.socket))
         else:
-            for pid in (broker_server.pid, floor_server.pid, 0):
+            for pid in (broker_server.pid, floor_server.pid):
                 os.sched_setaffinity(pid, {cpu})
+            os.sched_setaffinity(0, {cpu if client_cpu is None else client_cpu})
         try:
             _prepare(sides["broker"], (rounds + 1) * count + warmup)
             samples: dict[str, dict[str, list[float]]] = {
@@ -227,6 +239,14 @@ def render(results: dict[str, Any]) -> list[str]:
         f"{results['requests_per_round']}; {where})",
         *_table(results),
     ]
+    if "split" in results:
+        split = results["split"]
+        lines += [
+            "",
+            f"The same, the servers on CPU {cpu} and the client on CPU {split['client_cpu']} "
+            "(every request wakes the server's CPU)",
+        ]
+        lines += _table(split)
     if "unpinned" in results:
         lines += ["", "The same, the scheduler free to place them (see bench/floor.py)"]
         lines += _table(results["unpinned"])

@@ -107,10 +107,11 @@ def test_only_the_floor_section_reports_each_operation_against_its_floor(tmp_pat
     assert set(results) == {"meta", "floor"}
     floor = results["floor"]
     # Pinned to one CPU (the figures at the top), and, where this process may use more than
-    # one, again with the scheduler free to place the processes.
+    # one, again with the servers and the client on different CPUs, and with the scheduler
+    # free to place the processes.
     several_cpus = len(os.sched_getaffinity(0)) > 1
     assert (floor["pinned_cpu"] is not None) == several_cpus
-    tables = [floor, floor["unpinned"]] if several_cpus else [floor]
+    tables = [floor, floor["split"], floor["unpinned"]] if several_cpus else [floor]
     for operation in ("get", "put", "delete", "incr", "ping"):
         for table in tables:
             row = table[operation]
@@ -118,6 +119,9 @@ def test_only_the_floor_section_reports_each_operation_against_its_floor(tmp_pat
         assert result.stdout.count(f"\n{operation} ") >= len(tables)
     assert "against the floor" in result.stdout
     assert ("the scheduler free to place them" in result.stdout) == several_cpus
+    assert ("every request wakes the server's CPU" in result.stdout) == several_cpus
+    if several_cpus:
+        assert floor["split"]["client_cpu"] != floor["pinned_cpu"]
     if several_cpus:
         # Free, beside the floor: the same floor in a process of the broker's size.
         for operation in ("get", "put", "delete", "incr", "ping"):
