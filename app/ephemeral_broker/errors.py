@@ -143,8 +143,6 @@ def request_id_of(scope: Scope) -> str:
         rid = state.get("request_id")
         if isinstance(rid, bytes):
             return rid.decode()
-        if isinstance(rid, str):
-            return rid
     return "-"
 
 

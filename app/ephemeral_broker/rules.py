@@ -38,8 +38,8 @@ def check_name(name: str, max_bytes: int, what: str = "key") -> None:
 
 
 def check_name_fully(name: str, max_bytes: int, what: str = "key") -> None:
-    """The name rules, each checked and named: what check_name does for any name its one
-    match does not accept (tests hold the two to the same verdicts)."""
+    """The name rules, each checked and named: what check_name does for any name its quick
+    test does not accept (tests hold the two to the same verdicts)."""
     size = len(name) if name.isascii() else len(name.encode("utf-8", "surrogatepass"))
     if size == 0:
         raise BrokerError("invalid_key", f"the {what} is empty; it must be 1 to {max_bytes} bytes")

@@ -26,7 +26,6 @@ import os
 import re
 import time
 import zlib
-from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
@@ -39,7 +38,7 @@ from ephemeral_broker.api.paths import PERCENT, strict_names
 from ephemeral_broker.api.runtime import Runtime
 from ephemeral_broker.errors import BrokerError, problem_headers, render_problem, send_problem
 from ephemeral_broker.logs import access_logger, logger
-from ephemeral_broker.metrics import DURATION_BUCKETS, BrokerMetrics, OperationSeries
+from ephemeral_broker.metrics import BrokerMetrics, OperationSeries
 
 if TYPE_CHECKING:
     from ephemeral_broker.api.auth import Authenticator
@@ -72,7 +71,6 @@ def _request_ids(first_batch: int) -> Iterator[tuple[bytes, bytes]]:
 
 
 _monotonic: Final = time.monotonic
-_FIRST_BOUND: Final = DURATION_BUCKETS[0]
 _PLAIN_RESPONSE_CALL: Final = Response.__call__
 # The request headers any step reads; all others are skipped with one set lookup each.
 _WANTED: Final = frozenset(
@@ -306,13 +304,7 @@ class BrokerMiddleware:
                 result = state.get("result") or error_code or "error"
                 if error_code is not None:
                     self.metrics.count_error(error_code)
-            # series.observe(result, elapsed), written out: this is every request's path.
-            series.results[result] += 1
-            if elapsed <= _FIRST_BOUND:
-                series.counts[0] += 1
-            else:
-                series.counts[bisect_left(DURATION_BUCKETS, elapsed)] += 1
-            series.total += elapsed
+            series.observe(result, elapsed)
             if self.access_log:
                 access_logger.info(
                     "request",

@@ -154,28 +154,22 @@ class LeanRoute(APIRoute):
         self._query_params = tuple(_compile(f, "query") for f in dependant.query_params)
         self._header_params = tuple(_compile(f, "header") for f in dependant.header_params)
         self._header_keys = {p.key.encode("latin-1"): p for p in self._header_params}
-        self.header_keys = frozenset(self._header_keys)
         self._request_name = dependant.request_param_name
         self._query_defaults = _plain_defaults(self._query_params)
         self._header_defaults = _plain_defaults(self._header_params)
-        # The arguments of a request that sends no query and none of the route's headers,
-        # but its path parameters, when those need no work either (plain text, read by their
-        # own names): then `call` builds them in one step, without `bind`.
-        self._quick_defaults: dict[str, Any] | None = None
-        if (
+        # When the endpoint's leading parameters are its path parameter (at most one), read
+        # as plain text by its own name, then the request, and every later one has the very
+        # default FastAPI would give it, a request that sends none of the route's query
+        # parameters and headers is a positional call of those leading ones, and Python
+        # supplies the rest. A call with a dict of keywords costs more than all the rest of
+        # `call`.
+        self._leading_path: str | None = None
+        self._positional = (
             self._query_defaults is not None
             and self._header_defaults is not None
             and all(p.plain and p.key == p.name for p in self._path_params)
-        ):
-            self._quick_defaults = {**self._query_defaults, **self._header_defaults}
-        # Cheaper still: when the endpoint's leading parameters are its path parameters (at
-        # most one), then the request, and every later one has the very default FastAPI
-        # would give it, those leading ones are passed positionally and Python supplies the
-        # rest. A call with a dict of keywords costs more than all the rest of `call`.
-        self._leading_path: str | None = None
-        self._positional = False
-        if self._quick_defaults is not None:
-            self._positional = self._plan_positional(endpoint)
+            and self._plan_positional(endpoint, {**self._query_defaults, **self._header_defaults})
+        )
         # The endpoint's call for a request, for BrokerMiddleware to await: FastAPI's handler
         # minus its layers (exit stacks for dependencies with yield, of which these routes
         # have none; the exception-handler lookup: the only exception these routes turn into
@@ -184,17 +178,18 @@ class LeanRoute(APIRoute):
         # is built only for an endpoint that takes one.
         self.call: RouteCall = self._plan_call()
 
-    def _plan_positional(self, endpoint: Callable[..., Any]) -> bool:
+    def _plan_positional(self, endpoint: Callable[..., Any], defaults: dict[str, Any]) -> bool:
+        """Whether `endpoint` can be called positionally (see __init__), `defaults` being the
+        values of its query and header parameters when none is sent."""
         parameters = list(inspect.signature(endpoint).parameters.values())
         path_names = [p.name for p in self._path_params]
         leading = [*path_names, *([self._request_name] if self._request_name else [])]
         if len(path_names) > 1 or [p.name for p in parameters[: len(leading)]] != leading:
             return False
-        quick = self._quick_defaults or {}
         for parameter in parameters[len(leading) :]:
             if parameter.kind not in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
                 return False
-            default = quick.get(parameter.name, inspect.Parameter.empty)
+            default = defaults.get(parameter.name, inspect.Parameter.empty)
             if default is inspect.Parameter.empty or parameter.default is not default:
                 return False
         self._leading_path = path_names[0] if path_names else None
@@ -263,10 +258,16 @@ class LeanRoute(APIRoute):
             values[self._request_name] = request
         return values
 
+    @property
+    def header_keys(self) -> frozenset[bytes]:
+        """The lower-case names of the headers this route takes as parameters."""
+        return frozenset(self._header_keys)
+
     def call_bound(
         self, scope: Scope, receive: Receive, sent: Mapping[bytes, bytes] | None = None
     ) -> Coroutine[Any, Any, Response]:
-        """The endpoint's call with every argument bound by `bind`: any request, any route."""
+        """The endpoint's call with every argument bound by `bind`: any request, any route.
+        `sent` is taken for `call`'s signature and not needed: `bind` reads the headers."""
         request = LeanRequest(scope, receive) if self._request_name is not None else None
         return self._call(**self.bind(scope, request))
 

@@ -301,8 +301,7 @@ class MemoryStore:
         if self.limits.refresh_ttl_on_get:
             # Later expiry only: the heap catches up lazily (see the module docstring).
             entry.expires_at = now + entry.ttl_ms
-        value = entry.data if not entry.compressed else zlib.decompress(entry.data)
-        return _tuple_new(Item, (key, value, entry.version, entry.expires_at))
+        return _tuple_new(Item, (key, entry.raw(), entry.version, entry.expires_at))
 
     async def wait_for(
         self, key: str, wait_ms: int, after_version: int | None = None
